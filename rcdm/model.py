@@ -1,0 +1,116 @@
+"""The representation-conditioned denoiser eps/v(x_t, t, h).
+
+As in the reference RCDM (a guided-diffusion fork): the SSL embedding h is projected into the time embedding,
+`emb = time_embed(t) + proj(h)`, and every ResBlock applies `emb` through adaptive GroupNorm,
+`GN(x) * (1 + scale) + shift`. In diffusers terms this is `UNet2DConditionModel` with
+`class_embed_type="projection"` and `resnet_time_scale_shift="scale_shift"`; we reuse its blocks unchanged.
+
+Two additions over the reference:
+- a learned null embedding, substituted for h with probability `cond_drop_prob` during training, which makes
+  classifier-free guidance possible (Ho & Salimans 2022);
+- an optional mean decoder D(h) -> E[x | h], a small upsampling net whose blurry image is concatenated to the
+  UNet input. It carries no information beyond h, so samples still visualise h, but it hands the UNet the
+  layout early and halved the mean rank for the same CPU time in a first measurement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class RCDMUNetOutput(BaseOutput):
+    """`sample`: the eps or v prediction (B, 3, R, R). `mean`: D(h), the mean-decoder image, or None."""
+
+    sample: torch.Tensor
+    mean: torch.Tensor | None = None
+
+
+class MeanDecoder(nn.Module):
+    """h (B, D) -> E[x | h] (B, 3, R, R): a linear map to a 4x4 grid, then (upsample, conv, GN, SiLU) to R."""
+
+    def __init__(self, embedding_dim: int, resolution: int, channels: int = 128):
+        super().__init__()
+        if resolution < 4 or resolution & (resolution - 1):
+            raise ValueError(f"mean decoder needs a power-of-two resolution >= 4, got {resolution}")
+        self.channels = channels
+        self.fc = nn.Linear(embedding_dim, channels * 16)
+        layers, c, r = [], channels, 4
+        while r < resolution:
+            cout = max(c // 2, 32)
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, cout, 3, padding=1),
+                       nn.GroupNorm(8, cout), nn.SiLU()]
+            c, r = cout, r * 2
+        self.net = nn.Sequential(*layers, nn.Conv2d(c, 3, 3, padding=1))
+
+    def forward(self, h):
+        x = self.fc(h).view(-1, self.channels, 4, 4)  # (B, C, 4, 4)
+        return self.net(x)  # (B, 3, R, R)
+
+
+class RCDMUNet(ModelMixin, ConfigMixin):
+    """Conditional denoiser. Predicts eps or v (`prediction_type`) from (x_t, t, h)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        embedding_dim: int,                           # D, the frozen encoder's output size
+        sample_size: int = 32,                        # image resolution R
+        block_out_channels: tuple = (64, 128, 128),   # UNet width per resolution level
+        layers_per_block: int = 2,                    # ResBlocks per level
+        attention_levels: tuple = (),                 # indices of levels that get self-attention
+        attention_head_dim: int = 32,                 # channels per attention head
+        norm_num_groups: int = 32,                    # GroupNorm groups
+        dropout: float = 0.0,                         # ResBlock dropout
+        mean_decoder: bool = True,                    # concatenate D(h) to the UNet input
+        cond_drop_prob: float = 0.1,                  # P(h -> null) in training, for classifier-free guidance
+        prediction_type: str = "v_prediction",        # "epsilon" or "v_prediction"
+    ):
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(len(block_out_channels)))
+        up = tuple("AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(len(block_out_channels))))
+        self.unet = UNet2DConditionModel(
+            sample_size=sample_size, in_channels=6 if mean_decoder else 3, out_channels=3,
+            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2D",
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups, dropout=dropout, attention_head_dim=attention_head_dim,
+            class_embed_type="projection", projection_class_embeddings_input_dim=embedding_dim,
+            resnet_time_scale_shift="scale_shift",
+        )
+        self.null_embedding = nn.Parameter(torch.zeros(embedding_dim))
+        self.decoder = MeanDecoder(embedding_dim, sample_size) if mean_decoder else None
+        # Per-dimension standardisation of h, set from the training embeddings: SSL features range from
+        # post-ReLU averages (~0..5) to unit-norm vectors, and the projection MLP trains far better on z-scores.
+        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
+        self.register_buffer("embedding_std", torch.ones(embedding_dim))
+
+    def set_embedding_stats(self, embeddings: torch.Tensor):
+        """Standardise h with the mean/std of the training embeddings (N, D)."""
+        self.embedding_mean.copy_(embeddings.float().mean(0))
+        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
+
+    def condition(self, embedding, drop_mask=None):
+        """Standardised h (B, D), with rows in `drop_mask` (B,) replaced by the learned null embedding."""
+        if embedding.ndim != 2 or embedding.shape[1] != self.config.embedding_dim:
+            raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
+                             f"got {tuple(embedding.shape)}")
+        h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
+        if drop_mask is not None:
+            h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
+        return h.to(self.dtype)
+
+    def forward(self, sample, timestep, embedding, drop_mask=None, return_dict=True):
+        """sample (B, 3, R, R), timestep (B,) or scalar, embedding (B, D), drop_mask (B,) bool or None."""
+        h = self.condition(embedding, drop_mask)  # (B, D)
+        mean = self.decoder(h) if self.decoder is not None else None  # (B, 3, R, R)
+        x = torch.cat([sample, mean.to(sample.dtype)], dim=1) if mean is not None else sample  # (B, 3|6, R, R)
+        out = self.unet(x, timestep, encoder_hidden_states=None, class_labels=h).sample  # (B, 3, R, R)
+        return RCDMUNetOutput(sample=out, mean=mean) if return_dict else (out, mean)

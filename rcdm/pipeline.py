@@ -1,0 +1,229 @@
+"""`RCDMPipeline`: encode images with the frozen encoder, sample from the conditional denoiser, decode to PIL.
+
+    pipe = RCDMPipeline.from_pretrained()                       # the shipped CIFAR-10 backbone model
+    out = pipe(images=[img], num_samples=4, generator=torch.Generator().manual_seed(0))
+    out.images                                                  # num_samples PIL images per input, input-major
+
+What every sample of one embedding shares, the representation encodes; what varies, it has discarded.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .fsutil import fresh_tmp_dir, replace_dir
+from .model import RCDMUNet
+from .schedulers import DEFAULT_SCHEDULER, make_scheduler, scheduler_name
+
+PIPELINE_FILE = "rcdm_pipeline.json"
+FORMAT = "rcdm-pipeline/1"
+DEFAULT_MODEL = "rcdm-cifar10-backbone"
+
+
+def pretrained_root() -> Path:
+    """Where shipped models live: $RCDM_PRETRAINED, else `pretrained/` beside the package (editable install)."""
+    return Path(os.environ.get("RCDM_PRETRAINED", Path(__file__).resolve().parents[1] / "pretrained"))
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """A directory path, or the name of a shipped model in `pretrained/`; None means the default model."""
+    p = Path(name_or_path or DEFAULT_MODEL)
+    for cand in (p, pretrained_root() / p):
+        if (cand / PIPELINE_FILE).is_file():
+            return cand
+    shipped = sorted(d.name for d in pretrained_root().glob("*") if (d / PIPELINE_FILE).is_file())
+    raise FileNotFoundError(
+        f"no RCDM pipeline at '{name_or_path or DEFAULT_MODEL}' (looked for {PIPELINE_FILE} there and in "
+        f"{pretrained_root()}). Shipped models: {shipped or 'none found'}. Pass a directory written by "
+        "`RCDMPipeline.save_pretrained` or `rcdm train`."
+    )
+
+
+@dataclass
+class RCDMPipelineOutput(BaseOutput):
+    """`images`: num_samples per input, input-major (PIL list, or a (N, 3, R, R) tensor in [0, 1] / numpy array).
+    `embeddings`: the (B, D) conditioning embeddings."""
+
+    images: list | torch.Tensor | np.ndarray
+    embeddings: torch.Tensor
+
+
+class RCDMPipeline(DiffusionPipeline):
+    """Representation-conditional sampling (Bordes et al. 2022) with a frozen encoder, an `RCDMUNet` and any
+    diffusers scheduler (swap with `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`)."""
+
+    def __init__(self, unet: RCDMUNet, scheduler, encoder):
+        super().__init__()
+        if encoder.dim != unet.config.embedding_dim:
+            raise ValueError(
+                f"encoder '{encoder.spec}' (layer '{encoder.layer}') gives {encoder.dim}-d embeddings but the "
+                f"denoiser was trained on {unet.config.embedding_dim}-d ones; load the encoder it was trained with."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+        self.training_info: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def resolution(self) -> int:
+        return self.unet.config.sample_size
+
+    # ------------------------------------------------------------------------------------------------ IO
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, encoder=None, device=None, torch_dtype=torch.float32,
+                        scheduler: str | None = None):
+        """Load a pipeline directory (or a shipped model by name; None = default). No flags are needed: the
+        directory records the encoder spec, layer, dimension, preprocessing, resolution and schedule."""
+        from .encoders import load_encoder
+
+        path = resolve_model_path(name_or_path)
+        meta = json.loads((path / PIPELINE_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
+        unet = RCDMUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        enc_cfg = meta["encoder"]
+        if encoder is None:
+            encoder = load_encoder(enc_cfg["spec"], enc_cfg["layer"], base_dir=path)
+        else:
+            check_encoder_matches(encoder, enc_cfg, path)
+        sched = make_scheduler(scheduler or meta.get("scheduler", DEFAULT_SCHEDULER),
+                               load_scheduler_config(path / "scheduler"))
+        pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
+        pipe.training_info = meta.get("training", {})
+        return pipe.to(device) if device is not None else pipe
+
+    def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
+        """Write unet/ (safetensors + config), scheduler/ and rcdm_pipeline.json atomically: a temporary
+        directory that is renamed into place, so a crash never leaves a half-written model."""
+        out = Path(save_directory)
+        tmp = fresh_tmp_dir(out)
+        unet = self.unet if dtype is None else _copy_to_dtype(self.unet, dtype)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(tmp / "scheduler")
+        meta = {"format": FORMAT, "encoder": self.encoder.config(), "resolution": self.resolution,
+                "pixel_range": [-1.0, 1.0], "prediction_type": self.unet.config.prediction_type,
+                "scheduler": scheduler_name(self.scheduler), "training": training or self.training_info}
+        (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
+        replace_dir(tmp, out)
+
+    # ------------------------------------------------------------------------------------------------ API
+    @torch.no_grad()
+    def encode(self, images, batch_size: int = 256) -> torch.Tensor:
+        """Images (PIL list, paths, or a (B, 3, H, W) tensor in [0, 1]) -> (B, D) frozen embeddings."""
+        return self.encoder.encode(images, batch_size=batch_size).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images=None, embeddings=None, num_samples: int = 1, num_inference_steps: int = 20,
+                 guidance_scale: float = 1.0, generator=None, output_type: str = "pil", return_dict: bool = True,
+                 callback=None):
+        """Sample `num_samples` images for each input image or embedding.
+
+        All inputs x samples go through the UNet together, one call per step; with `guidance_scale != 1` the
+        conditional and null-conditioned halves share that call too. `callback(step, num_steps)` is called
+        after every step (for progress bars in UIs).
+        """
+        h = self._conditioning(images, embeddings)  # (B, D)
+        _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type)
+        h = h.repeat_interleave(num_samples, dim=0)  # (B*S, D), input-major
+        x = self._sample(h, num_inference_steps, guidance_scale, generator, callback)  # (B*S, 3, R, R) in [-1, 1]
+        out = _postprocess(x, output_type)
+        return RCDMPipelineOutput(images=out, embeddings=h[::num_samples]) if return_dict else (out,)
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _conditioning(self, images, embeddings) -> torch.Tensor:
+        if (images is None) == (embeddings is None):
+            raise ValueError("pass exactly one of `images` or `embeddings`")
+        if embeddings is None:
+            return self.encode(images if isinstance(images, (list, tuple, torch.Tensor)) else [images])
+        h = torch.as_tensor(embeddings)
+        h = h.unsqueeze(0) if h.ndim == 1 else h
+        if h.ndim != 2 or h.shape[1] != self.unet.config.embedding_dim:
+            raise ValueError(
+                f"embeddings must have shape (B, {self.unet.config.embedding_dim}) for this model "
+                f"(encoder '{self.encoder.spec}', layer '{self.encoder.layer}'); got {tuple(h.shape)}"
+            )
+        if not torch.isfinite(h).all():
+            raise ValueError("embeddings contain NaN or inf")
+        return h.to(self.device, torch.float32)
+
+    def _sample(self, h, num_inference_steps, guidance_scale, generator, callback):
+        n, r = h.shape[0], self.resolution
+        x = randn_tensor((n, 3, r, r), generator=generator, device=self.device, dtype=torch.float32)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        x = x * self.scheduler.init_noise_sigma
+        # Only the stochastic samplers (DDPM, DDIM with eta > 0) take a generator.
+        extra = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            pred = self._predict(self.scheduler.scale_model_input(x, t), t, h, guidance_scale)
+            x = self.scheduler.step(pred, t, x, **extra).prev_sample
+            if callback is not None:
+                callback(i + 1, len(self.scheduler.timesteps))
+        return x
+
+    def _predict(self, x, t, h, guidance_scale):
+        """Model output in float32; classifier-free guidance as uncond + g (cond - uncond) (Ho & Salimans 2022)."""
+        if guidance_scale == 1.0:
+            return self.unet(x.to(self.unet.dtype), t, h).sample.float()
+        drop = torch.cat([torch.zeros(len(h)), torch.ones(len(h))]).bool()
+        both = self.unet(torch.cat([x, x]).to(self.unet.dtype), t, torch.cat([h, h]), drop_mask=drop).sample.float()
+        cond, uncond = both.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+
+def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type):
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    if output_type not in ("pil", "pt", "np"):
+        raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+
+
+def _postprocess(x, output_type):
+    x = ((x.clamp(-1, 1) + 1) / 2).cpu()  # (N, 3, R, R) in [0, 1]
+    if output_type == "pt":
+        return x
+    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (N, R, R, 3)
+    return arr if output_type == "np" else [Image.fromarray(a) for a in arr]
+
+
+def check_encoder_matches(encoder, recorded: dict, where) -> None:
+    """Refuse an encoder other than the one the denoiser was trained on: its samples would be meaningless."""
+    got = {"spec": encoder.spec, "layer": encoder.layer, "dim": encoder.dim}
+    want = {k: recorded[k] for k in got}
+    if got["dim"] != want["dim"] or got["layer"] != want["layer"] or _spec_key(got["spec"]) != _spec_key(want["spec"]):
+        raise ValueError(
+            f"{where}: this denoiser was trained on encoder {want['spec']!r}, layer {want['layer']!r} "
+            f"({want['dim']}-d), but was given {got['spec']!r}, layer {got['layer']!r} ({got['dim']}-d). "
+            "Embeddings from another encoder or layer live in a different space; load without `encoder=` "
+            "or train a denoiser for that encoder."
+        )
+
+
+def _spec_key(spec: str) -> str:
+    """Compare specs by what they name, not where a local copy of the weights lives (`name@PATH`)."""
+    return spec.split("@")[0] if not spec.startswith("file:") else Path(spec[5:]).name
+
+
+def load_scheduler_config(path: Path) -> dict:
+    return json.loads((path / "scheduler_config.json").read_text())
+
+
+def _copy_to_dtype(module, dtype):
+    import copy
+
+    return copy.deepcopy(module).to(dtype)

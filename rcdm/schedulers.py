@@ -1,0 +1,44 @@
+"""Noise schedules and samplers, all from diffusers, with x0 kept inside the pixel range.
+
+Pixel-space models that are still under-trained predict x0 far outside [-1, 1]; multistep solvers then
+extrapolate that error (DPM-Solver++ reached pixel values of +-14 in a first measurement here). Every sampler is
+therefore configured to clip (DDPM, DDIM) or threshold (DPM-Solver++, UniPC) the predicted x0 to [-1, 1].
+"""
+from __future__ import annotations
+
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+# Thresholding with sample_max_value=1 clamps the dynamic threshold s to 1, i.e. plain clipping of x0.
+_THRESHOLD = {"thresholding": True, "sample_max_value": 1.0}
+SCHEDULERS = {
+    "ddpm": (DDPMScheduler, {"clip_sample": True, "clip_sample_range": 1.0}),
+    "ddim": (DDIMScheduler, {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_THRESHOLD}),
+    "unipc": (UniPCMultistepScheduler, {"solver_order": 2, **_THRESHOLD}),
+}
+DEFAULT_SCHEDULER = "ddim"
+
+
+def training_scheduler(prediction_type: str = "v_prediction", beta_schedule: str = "linear",
+                       num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The forward process (Ho et al. 2020): the reference's linear betas over 1000 steps."""
+    # "trailing" spacing makes few-step samplers start at t = T-1 (Lin et al. 2024, Table 2).
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         prediction_type=prediction_type, timestep_spacing="trailing",
+                         clip_sample=True, clip_sample_range=1.0)
+
+
+def make_scheduler(name: str, config):
+    """A sampler by name, built from another scheduler's config so the noise schedule is shared."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    return cls.from_config(config, **extra, timestep_spacing="trailing")
+
+
+def scheduler_name(scheduler) -> str:
+    """Inverse of `make_scheduler` for the classes it builds."""
+    for name, (cls, _) in SCHEDULERS.items():
+        if type(scheduler) is cls:
+            return name
+    return type(scheduler).__name__

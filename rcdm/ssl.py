@@ -1,0 +1,237 @@
+"""A small self-supervised encoder for CIFAR-sized images: ResNet-18 with a CIFAR stem, SimCLR objective.
+
+No SSL weights can be downloaded here, so the default models' encoder is trained with this recipe:
+
+    python -m rcdm.ssl --data cifar10_jpeg.npz --out pretrained/simclr-cifar10-r18w32 --minutes 40
+
+The result is a directory (config.json + model.safetensors) that the encoder registry loads as `file:DIR`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import simclr_views
+from .fsutil import fresh_tmp_dir, replace_dir
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-18 with a 3x3 stride-1 stem and no max-pool; `width` is the first stage's channels (64 = full)."""
+
+    def __init__(self, width: int = 64, blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages, cin = [], width
+        for i, n in enumerate(blocks):
+            cout = width * 2**i
+            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if (i and j == 0) else 1)
+                                          for j in range(n)]))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.dim = cin
+
+    def forward(self, x):  # (B, 3, H, W) normalised
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))  # (B, 8w, H/8, W/8)
+        return x.mean(dim=(2, 3))  # (B, 8w)
+
+
+def mlp_projector(dims) -> nn.Sequential:
+    """SimCLR projector: Linear-BN-ReLU between every pair of dims, a plain Linear at the end."""
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last))
+        if not last:
+            layers += [nn.BatchNorm1d(b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class SSLEncoder(nn.Module):
+    """backbone + projector, the layout every SSL release shares."""
+
+    def __init__(self, width=32, proj_hidden=512, proj_out=128):
+        super().__init__()
+        self.backbone = CifarResNet(width)
+        self.projector = mlp_projector([self.backbone.dim, proj_hidden, proj_out])
+
+    def forward(self, x):
+        return self.projector(self.backbone(x))
+
+
+def nt_xent(z1, z2, temperature):
+    """SimCLR's NT-Xent loss (Chen et al. 2020, Eq. 1) over 2B views."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B, D)
+    sim = z @ z.t() / temperature  # (2B, 2B)
+    sim.fill_diagonal_(float("-inf"))
+    b = z1.shape[0]
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+@dataclass
+class SSLConfig:
+    data: str = field(metadata={"help": "packed-JPEG npz, image folder or torchvision:NAME:ROOT (train split)"})
+    out: str = field(metadata={"help": "output directory (config.json + model.safetensors)"})
+    width: int = field(default=32, metadata={"help": "ResNet-18 first-stage width (64 = full width)"})
+    proj_hidden: int = field(default=512, metadata={"help": "projector hidden width"})
+    proj_out: int = field(default=128, metadata={"help": "projector output width"})
+    batch_size: int = field(default=256, metadata={"help": "images per step (2 views each)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
+    temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
+    minutes: float = field(default=40.0, metadata={"help": "wall-clock budget; the cosine schedule is fit to it"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup steps"})
+    resolution: int = field(default=32, metadata={"help": "training resolution"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = torch default)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
+    test_data: str = field(default="", metadata={"help": "held-out split for the kNN report (e.g. file.npz:test)"})
+
+
+def _normalize(x01):
+    mean = torch.tensor(CIFAR_MEAN, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def train_ssl(cfg: SSLConfig) -> dict:
+    """Train SimCLR for `cfg.minutes`, then report kNN accuracy and save. Returns the report."""
+    from .data import decode_all, open_dataset
+
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    images, _, _, _ = decode_all(open_dataset(cfg.data), "decoding train", cfg.resolution)  # uint8 (N, 3, R, R)
+    model = SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, t0, log = 0, time.time(), []
+    while (frac := (time.time() - t0) / (60 * cfg.minutes)) < 1:
+        # Cosine schedule over wall-clock time, not steps: a shared CPU makes step rates unpredictable.
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = _ssl_step(model, opt, images, cfg)
+        step += 1
+        if step % 50 == 0:
+            log.append({"step": step, "loss": round(loss, 4), "min": round(frac * cfg.minutes, 2)})
+            print(json.dumps(log[-1]), flush=True)
+    report = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "images_seen": step * cfg.batch_size}
+    if cfg.test_data:
+        report["knn"] = knn_report(model, images, cfg)
+    save_encoder(model, cfg, report)
+    return report
+
+
+def _ssl_step(model, opt, images, cfg):
+    idx = torch.randint(0, len(images), (cfg.batch_size,))
+    x = images[idx].float().div_(255)
+    v1, v2 = (_normalize(simclr_views(x, cfg.resolution)).contiguous(memory_format=torch.channels_last)
+              for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        z = model(torch.cat([v1, v2]))  # one forward so BatchNorm sees both views
+    loss = nt_xent(*z.float().chunk(2), cfg.temperature)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def embed_uint8(fn, images, batch=500, bf16=True):
+    """Apply `fn` to normalised uint8 images in batches -> float (N, D)."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = _normalize(images[i : i + batch].float().div_(255)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out.append(fn(x).float())
+    return torch.cat(out)
+
+
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, t=0.07, num_classes=None):
+    """Weighted kNN top-1 (Wu et al. 2018): cosine similarity, votes weighted by exp(sim / t)."""
+    c = num_classes or int(train_labels.max()) + 1
+    tr, te = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
+    correct = 0
+    for i in range(0, len(te), 1000):
+        sim, nn_idx = (te[i : i + 1000] @ tr.t()).topk(k, dim=1)  # (b, k)
+        votes = torch.zeros(len(sim), c).scatter_add_(1, train_labels[nn_idx], (sim / t).exp())
+        correct += (votes.argmax(1) == test_labels[i : i + 1000]).sum().item()
+    return correct / len(te)
+
+
+def knn_report(model, train_images, cfg):
+    """kNN top-1 on the held-out split for backbone and projector, and for the same net with random weights."""
+    from .data import decode_all, open_dataset
+
+    ds = open_dataset(cfg.data)
+    train_labels = torch.as_tensor(ds.labels)
+    test_images, test_labels, _, _ = decode_all(open_dataset(cfg.test_data, "test"), "decoding test", cfg.resolution)
+    out = {}
+    for name, net in [("trained", model), ("random", SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out))]:
+        net = net.eval().to(memory_format=torch.channels_last)
+        for layer, fn in [("backbone", net.backbone), ("projector", net)]:
+            acc = knn_accuracy(embed_uint8(fn, train_images), train_labels, embed_uint8(fn, test_images), test_labels)
+            out[f"{name}_{layer}"] = round(acc, 4)
+            print(f"kNN top-1 {name} {layer}: {acc:.4f}", flush=True)
+    return out
+
+
+def save_encoder(model, cfg: SSLConfig, report: dict):
+    """Write config.json + model.safetensors atomically (temporary directory, then rename)."""
+    from safetensors.torch import save_file
+
+    tmp = fresh_tmp_dir(cfg.out)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    config = {
+        "arch": "cifar_resnet18",
+        "width": cfg.width,
+        "projector_dims": [model.backbone.dim, cfg.proj_hidden, cfg.proj_out],
+        "preprocess": {"size": cfg.resolution, "crop": cfg.resolution, "mean": CIFAR_MEAN, "std": CIFAR_STD,
+                       "pixel_range": [0, 1]},
+        "training": {"objective": "simclr", **asdict(cfg), **report},
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    replace_dir(tmp, cfg.out)
+
+
+def main(argv=None):
+    from .config import add_dataclass_args, dataclass_from_args
+
+    p = argparse.ArgumentParser(prog="rcdm pretrain", description="Train a small SimCLR encoder for CIFAR-sized images.")
+    add_dataclass_args(p, SSLConfig)
+    report = train_ssl(dataclass_from_args(SSLConfig, p.parse_args(argv)))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -94,6 +94,8 @@ class NpzImages(torch.utils.data.Dataset):
     def raw(self, i):
         return self.buf[self.offsets[i] : self.offsets[i + 1]].tobytes()
 
+    identity = raw
+
     def __getitem__(self, i):
         img = open_image(self.raw(i), name=f"{self.path}[{self.split}][{i}]")
         return pil_to_uint8(img), int(self.labels[i])
@@ -118,6 +120,10 @@ class FolderImages(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.files)
+
+    def identity(self, i):
+        p = self.files[i]
+        return f"{p.relative_to(self.path)}:{p.stat().st_size}".encode()
 
     def __getitem__(self, i):
         return pil_to_uint8(open_image(self.files[i])), int(self.labels[i])
@@ -149,6 +155,9 @@ class TorchvisionImages(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ds)
 
+    def identity(self, i):
+        return f"{self.name}:{self.split}:{i}:{self.labels[i]}".encode()
+
     def __getitem__(self, i):
         img, label = self.ds[i]
         return pil_to_uint8(to_rgb(img, f"{self.name}[{i}]")), int(label)
@@ -173,12 +182,12 @@ def open_dataset(spec: str, split: str = "train"):
 
 
 def fingerprint(ds) -> str:
-    """A cheap identity for a dataset: its length plus a hash of a spread of raw items."""
+    """A cheap identity for a dataset: its length plus a hash of 64 items spread over it (bytes for npz,
+    relative path and size for folders)."""
     h = hashlib.sha256(f"{type(ds).__name__}:{len(ds)}".encode())
     step = max(1, len(ds) // 64)
     for i in range(0, len(ds), step):
-        item = ds.raw(i) if hasattr(ds, "raw") else str(getattr(ds, "files", [i])[i] if hasattr(ds, "files") else i)
-        h.update(item if isinstance(item, bytes) else str(item).encode())
+        h.update(ds.identity(i))
     return h.hexdigest()[:16]
 
 

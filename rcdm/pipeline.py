@@ -76,6 +76,13 @@ class RCDMPipeline(DiffusionPipeline):
     def device(self) -> torch.device:
         return self.unet.device
 
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        """Move the denoiser (optionally casting it, e.g. to bf16) and the encoder; the encoder stays in float32
+        so embeddings do not depend on the sampling precision."""
+        self.unet.to(device=device, dtype=dtype)
+        self.encoder.to(device)
+        return self
+
     @property
     def resolution(self) -> int:
         return self.unet.config.sample_size

@@ -18,3 +18,53 @@ def cifar_npz():
     if not CIFAR_NPZ.exists():
         pytest.fail(f"{CIFAR_NPZ} is missing: the tests need ../shared/data beside the repository")
     return CIFAR_NPZ
+
+
+# ------------------------------------------------------------------ tiny models shared by the tests
+TINY_UNET = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8)
+
+
+def make_tiny_encoder(out_dir, seed=0):
+    """A width-8 CIFAR ResNet-18 + 64-32-16 projector in the rcdm-native `file:DIR` format."""
+    import torch
+
+    from rcdm.ssl import SSLConfig, SSLEncoder, save_encoder
+
+    torch.manual_seed(seed)
+    model = SSLEncoder(width=8, proj_hidden=32, proj_out=16).eval()
+    save_encoder(model, SSLConfig(data="", out=str(out_dir), width=8, proj_hidden=32, proj_out=16), {})
+    return out_dir
+
+
+def make_tiny_pipeline(out_dir, encoder_dir, layer="backbone", seed=0, **unet_kw):
+    """An untrained 32px RCDM on the tiny encoder, saved with `save_pretrained`."""
+    import torch
+
+    from rcdm import RCDMPipeline, RCDMUNet, load_encoder
+    from rcdm.schedulers import make_scheduler, training_scheduler
+
+    encoder = load_encoder(f"file:{encoder_dir}", layer)
+    torch.manual_seed(seed)
+    unet = RCDMUNet(embedding_dim=encoder.dim, sample_size=32, **{**TINY_UNET, **unet_kw})
+    pipe = RCDMPipeline(unet=unet, scheduler=make_scheduler("ddim", training_scheduler().config), encoder=encoder)
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny-encoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_encoder_dir):
+    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny-rcdm", tiny_encoder_dir)
+
+
+@pytest.fixture(scope="session")
+def cifar_test_images(cifar_npz):
+    """The first 16 CIFAR-10 test images as PIL (class-balanced prefix), with their labels."""
+    from rcdm.data import NpzImages, open_image
+
+    ds = NpzImages(str(cifar_npz), "test")
+    return [open_image(ds.raw(i)) for i in range(16)], [int(ds.labels[i]) for i in range(16)]

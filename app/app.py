@@ -1,0 +1,400 @@
+"""The rcdm Gradio app: draw many images from one frozen embedding and see what the representation keeps.
+
+Launch it with `rcdm app [--model DIR ...]` or `python app/app.py [--model DIR ...]`. It serves on 127.0.0.1:7860,
+with no share link unless you pass `--share`. The tabs are:
+
+- Sample: samples from one image's embedding;
+- Compare: two models (for example backbone and projector) on the same image, side by side;
+- Interpolate: samples along the path between two images' embeddings, with the same noise at every point.
+
+Scripting with gradio_client
+----------------------------
+Every tab is also an API endpoint: `/sample`, `/compare` and `/interpolate`. A gallery comes back as a list of
+`{"image": path, "caption": str}` dicts, with the input as the model sees it first. The server checks the same
+limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 points, 16 megapixels and 10 MB.
+
+    from gradio_client import Client, handle_file
+
+    client = Client("http://127.0.0.1:7860/")
+    gallery = client.predict(handle_file("cat.png"), "rcdm-cifar10-backbone", 8, 20, 1.0, 0, api_name="/sample")
+    paths = [item["image"] for item in gallery[1:]]          # gallery[0] is the input at the model's resolution
+
+    a, b = client.predict(handle_file("cat.png"), "rcdm-cifar10-backbone", "rcdm-cifar10-projector", 8, 20, 1.0, 0,
+                          api_name="/compare")             # one gallery per model, the same noise for both
+    strip = client.predict(handle_file("cat.png"), handle_file("dog.png"), "rcdm-cifar10-backbone", 8, "lerp",
+                           20, 1.0, 0, api_name="/interpolate")  # A, t = 0 ... 1, B
+
+`client.view_api()` lists the parameters of each endpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import threading
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from rcdm.cli import auto_device
+from rcdm.data import ImageError, open_image
+from rcdm.pipeline import DEFAULT_MODEL, PIPELINE_FILE, RCDMPipeline, pretrained_root, resolve_model_path
+from rcdm.viz import thumbnail
+
+# Server-side limits. The widgets show the same ranges, but every handler checks them again: API clients do not
+# go through the widgets.
+MAX_SAMPLES = 16
+MAX_STEPS = 100
+GUIDANCE_RANGE = (0.0, 10.0)
+MAX_POINTS = 16
+MAX_SEED = 2**32 - 1
+MAX_PIXELS = 4096 * 4096
+MAX_FILE_BYTES = 10 * 2**20
+
+DEFAULT_CONCURRENCY = 1  # one sampling job at a time: a single job already uses every core (or the whole GPU)
+DEFAULT_MAX_QUEUE = 32
+
+# Samples are small (32 px for the CIFAR-10 models): show their pixels instead of a blur.
+APP_CSS = ".rcdm-gallery img { image-rendering: pixelated; }"
+
+INTRO = """# RCDM: what does a representation keep?
+Upload an image (or pick an example). The model encodes it with a frozen self-supervised encoder and draws several
+images **from that embedding alone**. What all samples share, the representation encodes; what varies between them,
+it has thrown away ([Bordes et al. 2022](https://arxiv.org/abs/2112.09164))."""
+
+
+# ------------------------------------------------------------------------------------------------ models
+def shipped_models() -> list[Path]:
+    """The model directories shipped in `pretrained/` (those holding an rcdm_pipeline.json), default first."""
+    root = pretrained_root()
+    found = sorted(d for d in root.glob("*") if (d / PIPELINE_FILE).is_file()) if root.is_dir() else []
+    return sorted(found, key=lambda d: d.name != DEFAULT_MODEL)
+
+
+def model_names(paths: list[Path]) -> dict[str, Path]:
+    """Display name -> directory. Names are directory names, made unique with their parent when they clash."""
+    names: dict[str, Path] = {}
+    for p in paths:
+        name = p.name if p.name not in names else f"{p.parent.name}/{p.name}"
+        names[name] = p
+    return names
+
+
+class ModelCache:
+    """Pipelines loaded once on first use and kept, keyed by directory. Only the models given at start-up can be
+    chosen: a client never makes the server read a path of its choosing."""
+
+    def __init__(self, paths: list[Path], device: str | None = None):
+        self.paths = model_names(paths)
+        self.device = device or auto_device()
+        self._pipes: dict[Path, RCDMPipeline] = {}
+        self._locks: dict[Path, threading.Lock] = {p: threading.Lock() for p in self.paths.values()}
+        self._loading = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def get(self, name) -> tuple[RCDMPipeline, threading.Lock]:
+        """The pipeline for a model name, and the lock to hold while sampling with it. The lock is needed because
+        a diffusers scheduler keeps per-call state (its timesteps), so one pipeline runs one call at a time."""
+        if name not in self.paths:
+            raise gr.Error(f"Unknown model {name!r}. Choose one of: {', '.join(self.names) or 'none loaded'}.")
+        path = self.paths[name]
+        with self._loading:  # two first requests must not load the same model twice
+            if path not in self._pipes:
+                pipe = RCDMPipeline.from_pretrained(path, device=self.device)
+                pipe.set_progress_bar_config(disable=True)  # progress goes to the web page, not the server log
+                self._pipes[path] = pipe
+        return self._pipes[path], self._locks[path]
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+def check_int(label: str, value, lo: int, hi: int) -> int:
+    """An integer in [lo, hi]; integral floats (what sliders send) are accepted."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and float(value).is_integer() and lo <= value <= hi
+    if not ok:
+        raise gr.Error(f"{label} must be a whole number from {lo} to {hi}; got {value!r}.")
+    return int(value)
+
+
+def check_guidance(value) -> float:
+    lo, hi = GUIDANCE_RANGE
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
+    if not ok:
+        raise gr.Error(f"Guidance must be a number from {lo:g} to {hi:g}; got {value!r}.")
+    return float(value)
+
+
+def load_upload(path, label: str = "image") -> Image.Image:
+    """An uploaded file -> RGB PIL, or a `gr.Error` that says what is wrong with it. The file size and the pixel
+    count are checked before the image is decoded, so a huge upload costs no memory."""
+    if not path:
+        raise gr.Error(f"No {label} given: upload one or pick an example.")
+    p = Path(path)
+    if not p.is_file():
+        raise gr.Error(f"The {label} upload did not arrive; please upload it again.")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise gr.Error(f"The {label} file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.")
+    data = p.read_bytes()
+    w, h = _header_size(data)
+    if w * h > MAX_PIXELS:
+        raise gr.Error(f"The {label} is {w}x{h} pixels; the limit is {MAX_PIXELS / 1e6:.0f} megapixels.")
+    try:
+        return open_image(data, name=f"The {label}")  # names the input, never the server's temporary path
+    except ImageError as e:
+        raise gr.Error(str(e)) from None
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header alone; (0, 0) if this is no image (open_image then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any failure here is reported by open_image with a clear message
+        return 0, 0
+
+
+class ImageUpload(gr.Image):
+    """`gr.Image` that hands the handler the uploaded file's path without decoding it, so that every upload,
+    from the page or from an API client, goes through `load_upload` and its limits and messages."""
+
+    is_template = True  # reuse the front end of gr.Image
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error("Send the image as an uploaded file.")
+        return payload.path
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def interpolate_embeddings(h0: torch.Tensor, h1: torch.Tensor, n: int, mode: str = "lerp") -> torch.Tensor:
+    """(D,), (D,) -> (n, D): n points from h0 to h1 over the whole path, t = 0 ... 1 (the reference only covered
+    0.5 to 0.7). "slerp" follows the great circle between the directions and lerps the norms.
+    TODO: move to rcdm.analysis once it exists."""
+    t = torch.linspace(0, 1, n, device=h0.device, dtype=h0.dtype)[:, None]  # (n, 1)
+    if mode == "lerp":
+        return (1 - t) * h0 + t * h1
+    if mode != "slerp":
+        raise ValueError(f"mode must be 'lerp' or 'slerp', got {mode!r}")
+    n0, n1 = h0.norm(), h1.norm()
+    u0, u1 = h0 / n0.clamp_min(1e-12), h1 / n1.clamp_min(1e-12)
+    omega = torch.arccos((u0 @ u1).clamp(-1, 1))
+    if omega < 1e-4:  # (nearly) parallel: the great circle degenerates to the chord
+        return (1 - t) * h0 + t * h1
+    u = (torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1) / torch.sin(omega)  # (n, D) unit vectors
+    return u * ((1 - t) * n0 + t * n1)
+
+
+def progress_callback(progress: gr.Progress, desc: str, part: int = 0, parts: int = 1):
+    """A pipeline callback(step, total) that moves the page's progress bar; `part` of `parts` for multi-run jobs."""
+    def callback(step, total):
+        progress((part + step / total) / parts, desc=f"{desc}: step {step}/{total}")
+    return callback
+
+
+def run(models: ModelCache, name: str, progress_cb, seed: int, same_noise: int = 0, **kwargs) -> list[Image.Image]:
+    """Sample with model `name` under its lock. `same_noise=n` gives each of the n inputs the same noise (one
+    generator per batch row, all seeded alike), so only the conditioning differs between them."""
+    pipe, lock = models.get(name)
+    with lock:
+        gen = [torch.Generator(pipe.device).manual_seed(seed) for _ in range(same_noise)] if same_noise \
+            else torch.Generator(pipe.device).manual_seed(seed)
+        return pipe(generator=gen, callback=progress_cb, **kwargs).images
+
+
+def with_input(img: Image.Image, samples: list[Image.Image], label: str = "input") -> list[tuple]:
+    """Gallery items: the input at the samples' resolution (what the model is asked to reproduce), then samples."""
+    size = samples[0].size[0]
+    return [(thumbnail(img, size), f"{label} (at {size}px)")] + [(s, f"sample {i + 1}") for i, s in enumerate(samples)]
+
+
+class Handlers:
+    """The app's endpoints. Each checks all of its inputs itself before doing any work."""
+
+    def __init__(self, models: ModelCache):
+        self.models = models
+
+    def sample(self, image, model, num_samples, steps, guidance, seed, progress=gr.Progress()):
+        """`num_samples` images from the embedding of `image`; returns the input first, then the samples."""
+        img = load_upload(image)
+        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
+        out = run(self.models, model, progress_callback(progress, "sampling"), seed,
+                  images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
+        return with_input(img, out)
+
+    def compare(self, image, model_a, model_b, num_samples, steps, guidance, seed, progress=gr.Progress()):
+        """The same image, seed and settings through two models; returns one gallery per model."""
+        img = load_upload(image)
+        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
+        galleries = []
+        for i, name in enumerate((model_a, model_b)):
+            out = run(self.models, name, progress_callback(progress, name, i, 2), seed,
+                      images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
+            galleries.append(with_input(img, out))
+        return tuple(galleries)
+
+    def interpolate(self, image_a, image_b, model, num_points, mode, steps, guidance, seed, progress=gr.Progress()):
+        """One sample at each of `num_points` embeddings from A's to B's, all with the same noise."""
+        imgs = [load_upload(image_a, "first image"), load_upload(image_b, "second image")]
+        n = check_int("Points", num_points, 2, MAX_POINTS)
+        if mode not in ("lerp", "slerp"):
+            raise gr.Error(f"Path must be 'lerp' or 'slerp'; got {mode!r}.")
+        _, s, g, seed = self._check(1, steps, guidance, seed)
+        pipe, _ = self.models.get(model)
+        h = pipe.encode(imgs)  # (2, D)
+        path = interpolate_embeddings(h[0], h[1], n, mode)  # (n, D)
+        out = run(self.models, model, progress_callback(progress, "interpolating"), seed, same_noise=n,
+                  embeddings=path, num_samples=1, num_inference_steps=s, guidance_scale=g)
+        size = out[0].size[0]
+        ts = torch.linspace(0, 1, n).tolist()
+        return ([(thumbnail(imgs[0], size), "A (input)")] + [(o, f"t={t:.2f}") for o, t in zip(out, ts)]
+                + [(thumbnail(imgs[1], size), "B (input)")])
+
+    @staticmethod
+    def _check(num_samples, steps, guidance, seed):
+        return (check_int("Number of samples", num_samples, 1, MAX_SAMPLES), check_int("Steps", steps, 1, MAX_STEPS),
+                check_guidance(guidance), check_int("Seed", seed, 0, MAX_SEED))
+
+
+# ------------------------------------------------------------------------------------------------ layout
+def example_images() -> list[str]:
+    """The shipped example inputs, `pretrained/examples/*.png`; none is fine."""
+    d = pretrained_root() / "examples"
+    return sorted(str(p) for p in d.glob("*.png")) if d.is_dir() else []
+
+
+def image_input(label: str = "Image") -> ImageUpload:
+    return ImageUpload(label=label, type="filepath", sources=["upload", "clipboard"], height=220)
+
+
+def sampling_controls(samples: bool = True) -> list[gr.components.Component]:
+    """Steps, guidance and seed (and the number of samples), with the server's limits as the widget ranges."""
+    out = [gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Number of samples")] if samples else []
+    return out + [
+        gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", info="sampler steps; more is slower and cleaner"),
+        gr.Slider(*GUIDANCE_RANGE, value=1.0, step=0.5, label="Guidance",
+                  info="1 = conditional only; above 1 sharpens, for models trained with condition dropout"),
+        gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed"),
+    ]
+
+
+def model_dropdown(names: list[str], label: str = "Model", index: int = 0) -> gr.Dropdown:
+    value = names[min(index, len(names) - 1)] if names else None
+    return gr.Dropdown(names, value=value, label=label, info="a pipeline directory given at start-up")
+
+
+def gallery(label: str, columns: int = 5) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=columns, height="auto", format="png", object_fit="contain",
+                      elem_classes=["rcdm-gallery"], buttons=["download", "fullscreen"])
+
+
+def add_examples(image) -> None:
+    files = example_images()
+    if files:
+        gr.Examples([[f] for f in files], inputs=[image], label="Examples")
+
+
+def sample_tab(h: Handlers) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = image_input()
+            add_examples(image)
+            model = model_dropdown(h.models.names)
+            controls = sampling_controls()
+            button = gr.Button("Generate", variant="primary", elem_id="sample-generate")
+        with gr.Column(scale=2):
+            out = gallery("Input, then samples from its embedding")
+    button.click(h.sample, [image, model, *controls], out, api_name="sample")
+
+
+def compare_tab(h: Handlers) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = image_input()
+            add_examples(image)
+        with gr.Column(scale=1):
+            controls = sampling_controls()
+            button = gr.Button("Compare", variant="primary")
+    with gr.Row():
+        with gr.Column():
+            model_a = model_dropdown(h.models.names, "Model A", 0)
+            out_a = gallery("Model A", columns=4)
+        with gr.Column():
+            model_b = model_dropdown(h.models.names, "Model B", 1)
+            out_b = gallery("Model B", columns=4)
+    button.click(h.compare, [image, model_a, model_b, *controls], [out_a, out_b], api_name="compare")
+
+
+def interpolate_tab(h: Handlers) -> None:
+    with gr.Row():
+        image_a, image_b = image_input("Image A"), image_input("Image B")
+        with gr.Column():
+            model = model_dropdown(h.models.names)
+            points = gr.Slider(2, MAX_POINTS, value=8, step=1, label="Points", info="t = 0 ... 1, ends included")
+            mode = gr.Radio(["lerp", "slerp"], value="lerp", label="Path")
+    pair_examples(image_a, image_b)
+    with gr.Row():
+        controls = sampling_controls(samples=False)
+    button = gr.Button("Interpolate", variant="primary")
+    out = gallery("A, samples along the path (same noise at every point), B", columns=MAX_POINTS // 2 + 2)
+    button.click(h.interpolate, [image_a, image_b, model, points, mode, *controls], out, api_name="interpolate")
+
+
+def pair_examples(image_a, image_b) -> None:
+    """Examples for two inputs: each shipped image paired with the next one (none with fewer than two)."""
+    files = example_images()
+    if len(files) >= 2:
+        gr.Examples([[a, b] for a, b in zip(files, files[1:] + files[:1])], inputs=[image_a, image_b], label="Examples")
+
+
+# The analysis issue adds an Invariance tab here, as one more (title, builder) pair.
+TABS = [("Sample", sample_tab), ("Compare", compare_tab), ("Interpolate", interpolate_tab)]
+
+
+def build_app(model_paths: list[str] | None = None, device: str | None = None) -> gr.Blocks:
+    """The app's Blocks. `model_paths`: pipeline directories (or shipped names); None = every shipped model."""
+    paths = [resolve_model_path(p) for p in model_paths] if model_paths else shipped_models()
+    handlers = Handlers(ModelCache(paths, device))
+    with gr.Blocks(title="RCDM") as demo:
+        gr.Markdown(INTRO)
+        if not paths:
+            gr.Markdown(f"**No model found** in `{pretrained_root()}`: start the app with `--model DIR`.")
+        with gr.Tabs():
+            for title, build in TABS:
+                with gr.Tab(title):
+                    build(handlers)
+    demo.rcdm_models = handlers.models  # for warm-up and tests
+    return demo
+
+
+def launch_app(model_paths: list[str] | None = None, host: str = "127.0.0.1", port: int | None = 7860,
+               share: bool = False, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE,
+               warm: bool = True, **launch_kwargs):
+    """Build, queue and serve the app. Binds `host` (loopback by default); a public link only with `share`."""
+    demo = build_app(model_paths)
+    if warm and demo.rcdm_models.names:  # load the first model now: a broken one fails at start, not on a click
+        demo.rcdm_models.get(demo.rcdm_models.names[0])
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_BYTES,
+                       css=APP_CSS, footer_links=["api", "settings"], **launch_kwargs)
+
+
+def main(argv=None) -> None:
+    from rcdm.appcmd import add_app_arguments
+
+    parser = argparse.ArgumentParser(description="Serve the RCDM Gradio app.")
+    add_app_arguments(parser)
+    args = parser.parse_args(argv)
+    launch_app(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+               max_queue=args.max_queue)
+
+
+if __name__ == "__main__":
+    main()

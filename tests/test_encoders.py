@@ -1,0 +1,374 @@
+"""Encoder registry: official-release key layouts (fake checkpoints built here), torchvision/timm/file specs,
+layer read-outs, preprocessing, encode() and safe loading. CPU-only, tiny inputs."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from PIL import Image
+
+from rcdm.data import ImageError
+from rcdm.encoders import (IMAGENET_PREPROCESS, RELEASES, FrozenEncoder, Preprocess, list_encoders, load_encoder,
+                           resize_center_crop)
+from rcdm.ssl import CIFAR_MEAN, CIFAR_STD, SSLConfig, SSLEncoder, save_encoder
+
+torch.set_num_threads(2)
+
+
+def _noisy(state):
+    """Small random rescaling, so that loaded weights cannot equal a fresh init by accident."""
+    g = torch.Generator().manual_seed(0)
+    return {k: v * (1 + 0.01 * torch.rand(v.shape, generator=g)) if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+def _sd(*layers):
+    return _noisy(nn.Sequential(*layers).state_dict())
+
+
+def _pre(prefix, state):
+    return {prefix + k: v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def r50():
+    m = torchvision.models.resnet50()
+    m.fc = nn.Identity()  # every release's trunk has no fc
+    return _noisy(m.state_dict())
+
+
+@pytest.fixture(scope="module")
+def vits():
+    timm = pytest.importorskip("timm")
+    return _noisy(timm.create_model("vit_small_patch16_224", num_classes=0).state_dict())
+
+
+def exclude_bias_and_norm(p):  # what VICReg / Barlow Twins pickle into their optimizer state, as __main__.*
+    return p.ndim == 1
+
+
+exclude_bias_and_norm.__module__ = "__main__"
+
+
+@pytest.fixture
+def main_filter(monkeypatch):
+    monkeypatch.setattr(sys.modules["__main__"], "exclude_bias_and_norm", exclude_bias_and_norm, raising=False)
+    return {"state": {}, "param_groups": [{"lr": 0.0, "weight_decay_filter": exclude_bias_and_norm,
+                                          "lars_adaptation_filter": exclude_bias_and_norm, "params": [0]}]}
+
+
+# Each fake: (checkpoint, dict holding the trunk keys, a trunk key, expected model state, (backbone, projector) dims).
+# Hidden widths of the 8192-wide heads are shrunk to 64 (an 8192^2 matrix is 268 MB); keys and output widths are real.
+def fake_dino_resnet50(r50, vits, opt):
+    head = _sd(nn.Linear(2048, 4096), nn.BatchNorm1d(4096), nn.GELU(), nn.Linear(4096, 256))
+    teacher = _pre("module.backbone.", r50) | _pre("module.head.mlp.", head)
+    teacher["module.head.last_layer.weight"] = torch.randn(100, 256)  # 60000 prototypes in the release
+    ckpt = {"teacher": teacher, "student": {"module.backbone.conv1.weight": torch.zeros(1)}, "optimizer": opt,
+            "epoch": 100, "args": argparse.Namespace(arch="resnet50", out_dim=60000),
+            "dino_loss": {"center": torch.zeros(1, 100)}}
+    return ckpt, teacher, "module.backbone.layer1.0.conv1.weight", _pre("backbone.", r50) | _pre("projector.", head), (2048, 256)
+
+
+def fake_dino_vits16(r50, vits, opt):
+    head = _sd(nn.Linear(384, 2048), nn.GELU(), nn.Linear(2048, 2048), nn.GELU(), nn.Linear(2048, 256))
+    teacher = _pre("backbone.", vits) | _pre("head.mlp.", head)
+    teacher |= {"head.last_layer.weight_g": torch.ones(100, 1), "head.last_layer.weight_v": torch.randn(100, 256)}
+    ckpt = {"teacher": teacher, "epoch": 300, "args": argparse.Namespace(arch="vit_small", patch_size=16)}
+    return ckpt, teacher, "backbone.blocks.3.attn.qkv.weight", _pre("backbone.", vits) | _pre("projector.", head), (384, 256)
+
+
+def fake_vicreg_resnet50(r50, vits, opt):
+    head = _sd(nn.Linear(2048, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(),
+               nn.Linear(64, 8192, bias=False))
+    model = _pre("module.backbone.", r50) | _pre("module.projector.", head)
+    return ({"epoch": 1000, "model": model, "optimizer": opt}, model, "module.backbone.layer1.0.conv1.weight",
+            _pre("backbone.", r50) | _pre("projector.", head), (2048, 8192))
+
+
+def fake_barlowtwins_resnet50(r50, vits, opt):
+    head = _sd(nn.Linear(2048, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64, bias=False),
+               nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 8192, bias=False))
+    model = _pre("module.backbone.", r50) | _pre("module.projector.", head)
+    model |= _pre("module.bn.", nn.BatchNorm1d(8192, affine=False).state_dict())
+    return ({"epoch": 1000, "model": model, "optimizer": opt}, model, "module.backbone.layer1.0.conv1.weight",
+            _pre("backbone.", r50) | _pre("projector.", head), (2048, 8192))
+
+
+def _vissl(r50, heads):
+    trunk = _pre("_feature_blocks.", r50)
+    return {"classy_state_dict": {"base_model": {"model": {"trunk": trunk, "heads": heads}}, "phase_idx": 999}}, trunk
+
+
+def fake_barlowtwins_resnet50_vissl(r50, vits, opt):
+    blocks = [_sd(nn.Linear(2048, 64, bias=False), nn.BatchNorm1d(64)), _sd(nn.Linear(64, 64, bias=False),
+              nn.BatchNorm1d(64)), _sd(nn.Linear(64, 8192, bias=False))]
+    heads = {f"{i}.clf.{k}": v for i, b in enumerate(blocks) for k, v in b.items()}
+    ckpt, trunk = _vissl(r50, heads)
+    slot = {"0": "0", "1": "1"}, {"0": "3", "1": "4"}, {"0": "6"}  # VISSL block.clf.j -> one nn.Sequential index
+    expected = {f"projector.{slot[i][k[0]]}{k[1:]}": v for i, b in enumerate(blocks) for k, v in b.items()}
+    return ckpt, trunk, "_feature_blocks.layer1.0.conv1.weight", _pre("backbone.", r50) | expected, (2048, 8192)
+
+
+def fake_simclr_resnet50(r50, vits, opt):
+    l1, l2 = _sd(nn.Linear(2048, 2048)), _sd(nn.Linear(2048, 128))
+    ckpt, trunk = _vissl(r50, _pre("0.clf.0.", l1) | _pre("1.clf.0.", l2))
+    expected = _pre("backbone.", r50) | _pre("projector.0.", l1) | _pre("projector.2.", l2)
+    return ckpt, trunk, "_feature_blocks.layer1.0.conv1.weight", expected, (2048, 128)
+
+
+def fake_mocov3_resnet50(r50, vits, opt):
+    fc = _sd(nn.Linear(2048, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(), nn.Linear(4096, 256, bias=False),
+             nn.BatchNorm1d(256, affine=False))
+    pred = _sd(nn.Linear(256, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 256, bias=False))
+    state = _pre("module.base_encoder.", r50) | _pre("module.base_encoder.fc.", fc)
+    state |= _pre("module.momentum_encoder.", r50) | _pre("module.momentum_encoder.fc.", fc)  # shared storage
+    state |= _pre("module.predictor.", pred)
+    ckpt = {"epoch": 1000, "arch": "resnet50", "state_dict": state, "optimizer": opt, "scaler": {"scale": 1024.0}}
+    return ckpt, state, "module.base_encoder.layer1.0.conv1.weight", _pre("backbone.", r50) | _pre("projector.", fc), (2048, 256)
+
+
+FAKES = {name[len("fake_"):]: fn for name, fn in globals().items() if name.startswith("fake_")}
+
+
+def test_every_release_has_a_fake():
+    assert sorted(FAKES) == sorted(RELEASES)
+
+
+@pytest.mark.parametrize("name", sorted(FAKES))
+def test_release_layout_loads_strictly(name, r50, vits, main_filter, tmp_path):
+    ckpt, _, _, expected, (d_bb, d_proj) = FAKES[name](r50, vits, main_filter)
+    torch.save(ckpt, tmp_path / "release.pth")
+    enc = load_encoder(f"{name}@release.pth", "backbone+projector", base_dir=tmp_path)
+    assert enc.spec == f"{name}@release.pth" and enc.dim == d_bb + d_proj
+    state = enc.net.state_dict()
+    assert sorted(state) == sorted(expected)
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    assert FrozenEncoder(enc.net, enc.spec, "projector", enc.preprocess).dim == d_proj
+    assert enc.preprocess == IMAGENET_PREPROCESS
+    out = enc(torch.rand(1, 3, 40, 56))
+    assert out.shape == (1, d_bb + d_proj) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(FAKES))
+def test_release_with_a_renamed_key_is_refused(name, r50, vits, main_filter, tmp_path):
+    ckpt, trunk, key, _, _ = FAKES[name](r50, vits, main_filter)
+    trunk[key.replace("conv1", "conv_1").replace("qkv", "q_kv")] = trunk.pop(key)
+    torch.save(ckpt, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=name) as e:
+        load_encoder(f"{name}@{tmp_path / 'bad.pth'}")
+    tail = key[key.index("layer1") if "layer1" in key else key.index("blocks"):]
+    assert f"backbone.{tail}" in str(e.value)  # the missing key is named
+
+
+def test_release_with_a_missing_head_tensor_is_refused(r50, main_filter, tmp_path):
+    ckpt, model, _, _, _ = fake_vicreg_resnet50(r50, None, main_filter)
+    del model["module.projector.6.weight"]
+    torch.save(ckpt, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"vicreg_resnet50.*'6\.weight'"):
+        load_encoder(f"vicreg_resnet50@{tmp_path / 'bad.pth'}")
+
+
+def test_backbone_only_release_file(r50, tmp_path):
+    torch.save(r50, tmp_path / "resnet50.pth")  # Barlow Twins' resnet50.pth: the trunk's state dict alone
+    enc = load_encoder("barlowtwins_resnet50@resnet50.pth", base_dir=tmp_path)
+    assert enc.dim == 2048
+    with pytest.raises(ValueError, match="no projector"):
+        FrozenEncoder(enc.net, enc.spec, "projector", enc.preprocess)
+
+
+class _Payload:
+    """Unpickling this would create a file: the loader must refuse it instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.path),)
+
+
+def test_pickled_objects_are_refused_not_executed(r50, tmp_path):
+    flag = tmp_path / "executed"
+    torch.save({"model": _pre("module.backbone.", r50), "extra": _Payload(flag)}, tmp_path / "evil.pth")
+    for spec in ("vicreg_resnet50@evil.pth", "torchvision:resnet50@evil.pth"):
+        with pytest.raises(ValueError, match="refused to unpickle"):
+            load_encoder(spec, base_dir=tmp_path)
+    assert not flag.exists()
+
+
+# ---------------------------------------------------------------- torchvision / timm
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return load_encoder("torchvision:resnet18")
+
+
+def test_torchvision_random_and_named_layers(resnet18):
+    enc = resnet18
+    assert enc.dim == 512 and enc.preprocess == IMAGENET_PREPROCESS
+    x = torch.rand(2, 3, 30, 40)
+    m = enc.net.backbone
+    with torch.no_grad():
+        h = resize_center_crop(x, 256, 224)
+        h = (h - torch.tensor(IMAGENET_PREPROCESS.mean).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_PREPROCESS.std).view(1, 3, 1, 1)
+        l3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(h)))))))  # (2, 256, 14, 14)
+        want = torch.cat([m.layer4(l3).mean((2, 3)), l3.mean((2, 3))], 1)
+    both = FrozenEncoder(enc.net, enc.spec, "backbone + layer3", enc.preprocess)
+    assert both.dim == 768
+    torch.testing.assert_close(both(x), want, rtol=1e-4, atol=1e-4)
+    same = FrozenEncoder(enc.net, enc.spec, "backbone.layer3", enc.preprocess)
+    torch.testing.assert_close(same(x), want[:, 512:], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_layers_and_missing_projector(resnet18):
+    with pytest.raises(ValueError, match="layer3"):
+        FrozenEncoder(resnet18.net, resnet18.spec, "layer33", resnet18.preprocess)
+    with pytest.raises(ValueError, match="no projector"):
+        FrozenEncoder(resnet18.net, resnet18.spec, "backbone+projector", resnet18.preprocess)
+    with pytest.raises(ValueError, match="empty"):
+        FrozenEncoder(resnet18.net, resnet18.spec, "backbone+", resnet18.preprocess)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_local_weights(suffix, tmp_path):
+    from safetensors.torch import save_file
+
+    state = _noisy(torchvision.models.resnet18().state_dict())  # with the fc classifier, which is dropped
+    path = tmp_path / f"w{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    enc = load_encoder(f"torchvision:resnet18@w{suffix}", base_dir=tmp_path)
+    got = enc.net.backbone.state_dict()
+    assert sorted(got) == sorted(k for k in state if not k.startswith("fc."))
+    assert all(torch.equal(v, state[k]) for k, v in got.items())
+
+
+def test_torchvision_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="resnet18"):
+        load_encoder("torchvision:resnet1")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_encoder("torchvision:resnet18@nope.pth", base_dir=tmp_path)
+    from rcdm.encoders import _torchvision_preprocess  # published weights need a download; their preprocessing not
+
+    w = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    assert _torchvision_preprocess(w) == Preprocess(232, 224, IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std)
+
+
+def test_timm_cls_token_and_local_weights(tmp_path):
+    timm = pytest.importorskip("timm")
+    enc = load_encoder("timm:test_vit")
+    assert enc.preprocess.crop == 160 and enc.dim == enc.net.backbone.num_features
+    x = torch.rand(1, 3, 160, 160)
+    tokens = []
+    hook = enc.net.backbone.blocks[0].register_forward_hook(lambda m, i, o: tokens.append(o))
+    layer = FrozenEncoder(enc.net, enc.spec, "blocks.0", enc.preprocess)
+    out = layer(x)
+    hook.remove()
+    torch.testing.assert_close(out, tokens[0][:, 0])  # (B, N, C) tokens -> CLS
+
+    state = _noisy(timm.create_model("test_resnet").state_dict())  # has the "fc" classifier
+    torch.save(state, tmp_path / "r.pth")
+    got = load_encoder(f"timm:test_resnet@{tmp_path / 'r.pth'}").net.backbone.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in got.items()) and "fc.weight" not in got
+
+
+# ---------------------------------------------------------------- file: encoders and encode()
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enc")
+    torch.manual_seed(0)
+    model = SSLEncoder(width=8, proj_hidden=16, proj_out=8)
+    model.load_state_dict(_noisy(model.state_dict()))
+    save_encoder(model, SSLConfig(data="-", out=str(root / "tiny"), width=8, proj_hidden=16, proj_out=8), {})
+    return root, model.eval()
+
+
+def _manual(model, x01, lo=0.0, hi=1.0, mean=CIFAR_MEAN, std=CIFAR_STD):
+    x = (x01 * (hi - lo) + lo - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        h = model.backbone(x)
+        return torch.cat([h, model.projector(h)], 1)
+
+
+def test_file_encoder(cifar_dir, monkeypatch):
+    root, model = cifar_dir
+    enc = load_encoder("file:tiny", "backbone+projector", base_dir=root)
+    assert enc.spec == "file:tiny" and enc.dim == 64 + 8
+    assert enc.preprocess == Preprocess(32, 32, CIFAR_MEAN, CIFAR_STD)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in enc.net.state_dict().items())
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(enc(x), _manual(model, x))
+    monkeypatch.chdir(root)  # relative paths without base_dir: the working directory
+    assert load_encoder("file:tiny/model.safetensors").dim == 64
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        load_encoder("file:missing_dir", base_dir=root)
+
+
+def test_pixel_range_is_applied(cifar_dir, tmp_path):
+    root, model = cifar_dir
+    cfg = json.loads((root / "tiny" / "config.json").read_text())
+    cfg["preprocess"].update(pixel_range=[-1, 1], mean=[0, 0, 0], std=[1, 1, 1])
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").write_bytes((root / "tiny" / "model.safetensors").read_bytes())
+    enc = load_encoder(f"file:{tmp_path}", "backbone+projector")
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(enc(x), _manual(model, x, -1.0, 1.0, (0, 0, 0), (1, 1, 1)))
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    return [rgb, rgb.convert("RGBA").resize((33, 33)), rgb.convert("L").resize((50, 40)),
+            rgb.convert("P").resize((32, 48)), Image.fromarray(rng.integers(0, 65535, (36, 36), dtype=np.uint16))]
+
+
+def test_encode_pil_matches_tensor(cifar_dir):
+    from rcdm.data import open_image, pil_to_uint8
+
+    root, _ = cifar_dir
+    enc = load_encoder("file:tiny", "backbone+projector", base_dir=root)
+    images = _images()
+    assert images[-1].mode in ("I;16", "I;16L")
+    got = enc.encode(images, batch_size=2)
+    assert got.shape == (5, enc.dim) and got.dtype == torch.float32
+    want = torch.cat([enc.encode(pil_to_uint8(open_image(im))[None].float() / 255) for im in images])
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)  # uint8 rounding after the PIL-path resize
+    assert enc.encode([]).shape == (0, enc.dim)
+    with pytest.raises(ImageError):
+        enc.encode([b"not an image"])
+
+
+def test_encode_tensor_batches_autocast_grads_and_eval(cifar_dir):
+    root, _ = cifar_dir
+    enc = load_encoder("file:tiny", "backbone", base_dir=root)
+    x = torch.rand(5, 3, 48, 40)
+    full = enc.encode(x)
+    torch.testing.assert_close(enc.encode(x, batch_size=2), full)
+    bf16 = enc.encode(x, autocast_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and (bf16 - full).abs().max() < 0.1 * full.abs().max()
+    x.requires_grad_(True)
+    enc(x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not any(m.training for m in enc.modules())
+
+
+def test_config_and_registry(cifar_dir):
+    root, _ = cifar_dir
+    enc = load_encoder("file:tiny", "projector", base_dir=root)
+    cfg = json.loads(json.dumps(enc.config()))
+    assert cfg["spec"] == "file:tiny" and cfg["layer"] == "projector" and cfg["dim"] == 8
+    assert Preprocess.from_dict(cfg["preprocess"]) == enc.preprocess
+    names = list_encoders()
+    assert all(any(n.startswith(r) for n in names) for r in RELEASES)
+    with pytest.raises(ValueError, match="dino_resnet50"):
+        load_encoder("dino_resnet51")
+    with pytest.raises(ValueError, match="torchvision:ARCH"):
+        load_encoder("nonsense:thing")

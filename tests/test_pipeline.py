@@ -1,0 +1,173 @@
+"""RCDMPipeline: shapes, determinism, save/load, guidance, schedulers, bad input."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rcdm import RCDMPipeline, load_encoder
+from rcdm.data import ImageError, open_image
+from rcdm.schedulers import SCHEDULERS, make_scheduler
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    p = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_shapes_and_types(pipe, cifar_test_images):
+    imgs = cifar_test_images[0][:2]
+    out = pipe(images=imgs, num_samples=3, num_inference_steps=3, generator=_gen())
+    assert len(out.images) == 6 and all(im.size == (32, 32) and im.mode == "RGB" for im in out.images)
+    assert out.embeddings.shape == (2, pipe.encoder.dim)
+    pt = pipe(images=imgs, num_samples=3, num_inference_steps=3, generator=_gen(), output_type="pt").images
+    assert pt.shape == (6, 3, 32, 32) and 0 <= pt.min() and pt.max() <= 1
+
+
+def test_same_seed_same_samples_other_seed_differs(pipe, cifar_test_images):
+    kw = dict(images=cifar_test_images[0][:2], num_samples=2, num_inference_steps=3, output_type="pt")
+    a, b = pipe(generator=_gen(1), **kw).images, pipe(generator=_gen(1), **kw).images
+    c = pipe(generator=_gen(2), **kw).images
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-3
+
+
+def test_save_load_roundtrip_identical(pipe, tmp_path, cifar_test_images):
+    pipe.save_pretrained(tmp_path / "copy")
+    again = RCDMPipeline.from_pretrained(tmp_path / "copy")
+    again.set_progress_bar_config(disable=True)
+    kw = dict(images=cifar_test_images[0][:2], num_samples=2, num_inference_steps=3, output_type="pt")
+    assert torch.equal(pipe(generator=_gen(), **kw).images, again(generator=_gen(), **kw).images)
+    meta = json.loads((tmp_path / "copy" / "rcdm_pipeline.json").read_text())
+    assert meta["encoder"]["dim"] == pipe.encoder.dim and meta["resolution"] == 32
+    assert set(meta["encoder"]["preprocess"]) >= {"size", "crop", "mean", "std", "pixel_range"}
+
+
+def test_image_path_equals_embedding_path(pipe, cifar_test_images):
+    imgs = cifar_test_images[0][:3]
+    h = pipe.encode(imgs)
+    a = pipe(images=imgs, num_samples=2, num_inference_steps=3, generator=_gen(), output_type="pt")
+    b = pipe(embeddings=h, num_samples=2, num_inference_steps=3, generator=_gen(), output_type="pt")
+    assert torch.equal(a.images, b.images)
+
+
+def _manual_ddim(pipe, h, steps, seed):
+    """The sampling loop written out with the conditional model only."""
+    sched = make_scheduler("ddim", pipe.scheduler.config)
+    x = torch.randn((len(h), 3, 32, 32), generator=_gen(seed))
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        x = sched.step(pipe.unet(x, t, h).sample, t, x).prev_sample
+    return ((x.clamp(-1, 1) + 1) / 2)
+
+
+def test_guidance_one_is_conditional_only(pipe, cifar_test_images):
+    h = pipe.encode(cifar_test_images[0][:2])
+    out = pipe(embeddings=h, num_inference_steps=4, guidance_scale=1.0, generator=_gen(3), output_type="pt")
+    torch.testing.assert_close(out.images, _manual_ddim(pipe, h, 4, 3), atol=1e-5, rtol=0)
+
+
+def test_guidance_zero_ignores_the_embedding(pipe):
+    """g = 0 leaves only the null-conditioned prediction, so the embedding cannot matter; g = 3 it does."""
+    h1, h2 = torch.randn(1, pipe.encoder.dim), torch.randn(1, pipe.encoder.dim) * 3
+    run = lambda h, g: pipe(embeddings=h, num_inference_steps=3, guidance_scale=g, generator=_gen(),  # noqa: E731
+                            output_type="pt").images
+    torch.testing.assert_close(run(h1, 0.0), run(h2, 0.0))
+    assert (run(h1, 3.0) - run(h2, 3.0)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_scheduler_runs_and_stays_in_range(pipe, name):
+    """Before the final clamp: an untrained model predicts x0 far outside [-1, 1]; clipping must hold it."""
+    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+    try:
+        h = torch.randn(4, pipe.encoder.dim) * 5
+        x = pipe._sample(h, 5, 2.0, _gen(), None)
+        assert torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-4, (name, x.abs().max())
+    finally:
+        pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+
+
+def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):
+    calls = []
+    orig = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or orig(x, *a, **k))
+    pipe(embeddings=torch.randn(3, pipe.encoder.dim), num_samples=4, num_inference_steps=5, guidance_scale=2.0)
+    assert calls == [24] * 5  # 3 inputs x 4 samples x (cond + null)
+
+
+# ------------------------------------------------------------------ bad input
+def test_wrong_embedding_dim_names_sizes(pipe):
+    with pytest.raises(ValueError, match=rf"\(B, {pipe.encoder.dim}\).*\(2, 7\)"):
+        pipe(embeddings=torch.randn(2, 7))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({}, "exactly one"),
+    ({"embeddings": torch.randn(1, 64), "images": [Image.new("RGB", (8, 8))]}, "exactly one"),
+    ({"embeddings": torch.randn(1, 64), "num_samples": 0}, "num_samples"),
+    ({"embeddings": torch.randn(1, 64), "num_inference_steps": 0}, "num_inference_steps"),
+    ({"embeddings": torch.randn(1, 64), "guidance_scale": float("nan")}, "guidance_scale"),
+    ({"embeddings": torch.full((1, 64), float("nan"))}, "NaN"),
+])
+def test_bad_arguments(pipe, kw, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(**kw)
+
+
+def _png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("img", [
+    Image.new("RGBA", (40, 30), (255, 0, 0, 128)),
+    Image.new("L", (40, 30), 128),
+    Image.new("P", (40, 30), 3),
+    Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50, mode="I;16"),
+    Image.new("CMYK", (40, 30), (0, 255, 0, 0)),
+])
+def test_any_image_mode_is_converted(pipe, img):
+    rgb = open_image(_png_bytes(img) if img.mode != "CMYK" else img)
+    assert rgb.mode == "RGB" and rgb.size == (40, 30)
+    assert pipe.encode([rgb]).shape == (1, pipe.encoder.dim)
+
+
+def test_sixteen_bit_uses_full_range():
+    img = Image.fromarray((np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50), mode="I;16")
+    a = np.asarray(open_image(_png_bytes(img)))
+    assert a.min() == 0 and a.max() == 255  # rescaled, not clipped at 255
+
+
+def test_huge_image_is_downsized(tmp_path):
+    Image.new("RGB", (6000, 40), (1, 2, 3)).save(tmp_path / "wide.png")
+    assert max(open_image(tmp_path / "wide.png").size) == 4096
+
+
+def test_truncated_and_non_image_files_fail_clearly(tmp_path, cifar_test_images):
+    (tmp_path / "notes.png").write_text("this is text")
+    data = _png_bytes(cifar_test_images[0][0].resize((64, 64)))
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("notes.png", "cut.png", "missing.png"):
+        with pytest.raises(ImageError, match=name):
+            open_image(tmp_path / name)
+
+
+def test_checkpoint_refuses_a_different_encoder(tiny_pipeline_dir):
+    other = load_encoder("torchvision:resnet18", "backbone")
+    with pytest.raises(ValueError, match="trained on encoder"):
+        RCDMPipeline.from_pretrained(tiny_pipeline_dir, encoder=other)
+
+
+def test_missing_model_dir_lists_shipped(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no RCDM pipeline"):
+        RCDMPipeline.from_pretrained(tmp_path / "nope")

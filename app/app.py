@@ -11,7 +11,8 @@ Scripting with gradio_client
 ----------------------------
 Every tab is also an API endpoint: `/sample`, `/compare` and `/interpolate`. A gallery comes back as a list of
 `{"image": path, "caption": str}` dicts, with the input as the model sees it first. The server checks the same
-limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 points, 16 megapixels and 10 MB.
+limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 interpolation points, and uploads of
+at most 10 MB and 4096 x 4096 pixels.
 
     from gradio_client import Client, handle_file
 
@@ -56,8 +57,11 @@ MAX_FILE_BYTES = 10 * 2**20
 DEFAULT_CONCURRENCY = 1  # one sampling job at a time: a single job already uses every core (or the whole GPU)
 DEFAULT_MAX_QUEUE = 32
 
-# Samples are small (32 px for the CIFAR-10 models): show their pixels instead of a blur.
-APP_CSS = ".rcdm-gallery img { image-rendering: pixelated; }"
+# Samples and inputs are small (32 px for the CIFAR-10 models): show them large, with their pixels, not a blur.
+APP_CSS = """
+.rcdm-gallery img, .rcdm-input img { image-rendering: pixelated; }
+.rcdm-input img { width: 100%; height: 100%; object-fit: contain; }
+"""
 
 INTRO = """# RCDM: what does a representation keep?
 Upload an image (or pick an example). The model encodes it with a frozen self-supervised encoder and draws several
@@ -100,15 +104,21 @@ class ModelCache:
     def get(self, name) -> tuple[RCDMPipeline, threading.Lock]:
         """The pipeline for a model name, and the lock to hold while sampling with it. The lock is needed because
         a diffusers scheduler keeps per-call state (its timesteps), so one pipeline runs one call at a time."""
-        if name not in self.paths:
+        if not isinstance(name, str) or name not in self.paths:
             raise gr.Error(f"Unknown model {name!r}. Choose one of: {', '.join(self.names) or 'none loaded'}.")
         path = self.paths[name]
         with self._loading:  # two first requests must not load the same model twice
             if path not in self._pipes:
-                pipe = RCDMPipeline.from_pretrained(path, device=self.device)
-                pipe.set_progress_bar_config(disable=True)  # progress goes to the web page, not the server log
-                self._pipes[path] = pipe
+                self._pipes[path] = self._load(name, path)
         return self._pipes[path], self._locks[path]
+
+    def _load(self, name: str, path: Path) -> RCDMPipeline:
+        try:
+            pipe = RCDMPipeline.from_pretrained(path, device=self.device)
+        except (ValueError, OSError, KeyError) as e:  # a broken or incompatible directory: say which and why
+            raise gr.Error(f"Could not load model {name!r}: {e}") from e
+        pipe.set_progress_bar_config(disable=True)  # progress goes to the web page, not the server log
+        return pipe
 
 
 # ------------------------------------------------------------------------------------------------ input checks
@@ -129,9 +139,11 @@ def check_guidance(value) -> float:
     return float(value)
 
 
-def load_upload(path, label: str = "image") -> Image.Image:
-    """An uploaded file -> RGB PIL, or a `gr.Error` that says what is wrong with it. The file size and the pixel
-    count are checked before the image is decoded, so a huge upload costs no memory."""
+def load_upload(upload, label: str = "image") -> Image.Image:
+    """An uploaded file (gradio's file payload, or a path) -> RGB PIL, or a `gr.Error` that says what is wrong
+    with it. The file size and the pixel count are checked before the image is decoded, so a huge upload costs
+    no memory."""
+    path = upload.get("path") if isinstance(upload, dict) else upload
     if not path:
         raise gr.Error(f"No {label} given: upload one or pick an example.")
     p = Path(path)
@@ -143,7 +155,7 @@ def load_upload(path, label: str = "image") -> Image.Image:
     data = p.read_bytes()
     w, h = _header_size(data)
     if w * h > MAX_PIXELS:
-        raise gr.Error(f"The {label} is {w}x{h} pixels; the limit is {MAX_PIXELS / 1e6:.0f} megapixels.")
+        raise gr.Error(f"The {label} is {w}x{h} pixels; the limit is {MAX_PIXELS / 1e6:.1f} megapixels.")
     try:
         return open_image(data, name=f"The {label}")  # names the input, never the server's temporary path
     except ImageError as e:
@@ -157,20 +169,6 @@ def _header_size(data: bytes) -> tuple[int, int]:
             return im.size
     except Exception:  # noqa: BLE001 - any failure here is reported by open_image with a clear message
         return 0, 0
-
-
-class ImageUpload(gr.Image):
-    """`gr.Image` that hands the handler the uploaded file's path without decoding it, so that every upload,
-    from the page or from an API client, goes through `load_upload` and its limits and messages."""
-
-    is_template = True  # reuse the front end of gr.Image
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path is None:
-            raise gr.Error("Send the image as an uploaded file.")
-        return payload.path
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -270,19 +268,34 @@ def example_images() -> list[str]:
     return sorted(str(p) for p in d.glob("*.png")) if d.is_dir() else []
 
 
-def image_input(label: str = "Image") -> ImageUpload:
-    return ImageUpload(label=label, type="filepath", sources=["upload", "clipboard"], height=220)
+def image_input(label: str = "Image", elem_id: str | None = None) -> gr.Image:
+    return gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"], height=220,
+                    elem_id=elem_id, elem_classes=["rcdm-input"])
 
 
-def sampling_controls(samples: bool = True) -> list[gr.components.Component]:
-    """Steps, guidance and seed (and the number of samples), with the server's limits as the widget ranges."""
-    out = [gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Number of samples")] if samples else []
-    return out + [
-        gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", info="sampler steps; more is slower and cleaner"),
-        gr.Slider(*GUIDANCE_RANGE, value=1.0, step=0.5, label="Guidance",
-                  info="1 = conditional only; above 1 sharpens, for models trained with condition dropout"),
-        gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed"),
-    ]
+def on_click(button: gr.Button, fn, inputs: list, outputs, api_name: str) -> None:
+    """Wire a handler with `preprocess=False`: it receives the raw payloads (the uploaded file's path, the numbers
+    as sent) and checks all of them itself. Gradio's own preprocessing would otherwise decode uploads and check
+    ranges first, with generic messages that name the server's temporary files. Uploads still land in gradio's
+    upload folder first; a client cannot point the handler at another file."""
+    button.click(fn, inputs, outputs, api_name=api_name, preprocess=False)
+
+
+def samples_slider() -> gr.Slider:
+    return gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Number of samples")
+
+
+def advanced_controls() -> list[gr.components.Component]:
+    """Steps, guidance and seed, folded away: the defaults are fine for a first look. The widget ranges are the
+    server's limits."""
+    with gr.Accordion("Steps, guidance, seed", open=False):
+        return [
+            gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", info="sampler steps; more is slower and cleaner"),
+            gr.Slider(*GUIDANCE_RANGE, value=1.0, step=0.5, label="Guidance",
+                      info="1 = conditional only; above 1 sharpens, for models trained with condition dropout"),
+            gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                      info="the same seed gives the same samples"),
+        ]
 
 
 def model_dropdown(names: list[str], label: str = "Model", index: int = 0) -> gr.Dropdown:
@@ -290,9 +303,9 @@ def model_dropdown(names: list[str], label: str = "Model", index: int = 0) -> gr
     return gr.Dropdown(names, value=value, label=label, info="a pipeline directory given at start-up")
 
 
-def gallery(label: str, columns: int = 5) -> gr.Gallery:
+def gallery(label: str, columns: int = 5, elem_id: str | None = None) -> gr.Gallery:
     return gr.Gallery(label=label, columns=columns, height="auto", format="png", object_fit="contain",
-                      elem_classes=["rcdm-gallery"], buttons=["download", "fullscreen"])
+                      elem_id=elem_id, elem_classes=["rcdm-gallery"], buttons=["download", "fullscreen"])
 
 
 def add_examples(image) -> None:
@@ -304,14 +317,14 @@ def add_examples(image) -> None:
 def sample_tab(h: Handlers) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = image_input()
+            image = image_input(elem_id="sample-image")
             add_examples(image)
-            model = model_dropdown(h.models.names)
-            controls = sampling_controls()
+            model, samples = model_dropdown(h.models.names), samples_slider()
             button = gr.Button("Generate", variant="primary", elem_id="sample-generate")
+            controls = advanced_controls()
         with gr.Column(scale=2):
-            out = gallery("Input, then samples from its embedding")
-    button.click(h.sample, [image, model, *controls], out, api_name="sample")
+            out = gallery("Input, then samples from its embedding", elem_id="sample-gallery")
+    on_click(button, h.sample, [image, model, samples, *controls], out, "sample")
 
 
 def compare_tab(h: Handlers) -> None:
@@ -320,16 +333,17 @@ def compare_tab(h: Handlers) -> None:
             image = image_input()
             add_examples(image)
         with gr.Column(scale=1):
-            controls = sampling_controls()
-            button = gr.Button("Compare", variant="primary")
+            samples = samples_slider()
+            button = gr.Button("Compare", variant="primary", elem_id="compare-run")
+            controls = advanced_controls()
     with gr.Row():
         with gr.Column():
             model_a = model_dropdown(h.models.names, "Model A", 0)
-            out_a = gallery("Model A", columns=4)
+            out_a = gallery("Model A", columns=3)
         with gr.Column():
             model_b = model_dropdown(h.models.names, "Model B", 1)
-            out_b = gallery("Model B", columns=4)
-    button.click(h.compare, [image, model_a, model_b, *controls], [out_a, out_b], api_name="compare")
+            out_b = gallery("Model B", columns=3)
+    on_click(button, h.compare, [image, model_a, model_b, samples, *controls], [out_a, out_b], "compare")
 
 
 def interpolate_tab(h: Handlers) -> None:
@@ -339,19 +353,19 @@ def interpolate_tab(h: Handlers) -> None:
             model = model_dropdown(h.models.names)
             points = gr.Slider(2, MAX_POINTS, value=8, step=1, label="Points", info="t = 0 ... 1, ends included")
             mode = gr.Radio(["lerp", "slerp"], value="lerp", label="Path")
-    pair_examples(image_a, image_b)
-    with gr.Row():
-        controls = sampling_controls(samples=False)
-    button = gr.Button("Interpolate", variant="primary")
-    out = gallery("A, samples along the path (same noise at every point), B", columns=MAX_POINTS // 2 + 2)
-    button.click(h.interpolate, [image_a, image_b, model, points, mode, *controls], out, api_name="interpolate")
+            button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-run")
+            controls = advanced_controls()
+    out = gallery("A, samples along the path (the same noise at every point), B", columns=MAX_POINTS // 2 + 2)
+    pair_examples(image_a, image_b)  # below the strip: the examples table is tall
+    on_click(button, h.interpolate, [image_a, image_b, model, points, mode, *controls], out, "interpolate")
 
 
 def pair_examples(image_a, image_b) -> None:
     """Examples for two inputs: each shipped image paired with the next one (none with fewer than two)."""
     files = example_images()
     if len(files) >= 2:
-        gr.Examples([[a, b] for a, b in zip(files, files[1:] + files[:1])], inputs=[image_a, image_b], label="Examples")
+        pairs = [[a, b] for a, b in zip(files, files[1:] + files[:1])]
+        gr.Examples(pairs, inputs=[image_a, image_b], label="Examples")
 
 
 # The analysis issue adds an Invariance tab here, as one more (title, builder) pair.
@@ -377,13 +391,18 @@ def build_app(model_paths: list[str] | None = None, device: str | None = None) -
 def launch_app(model_paths: list[str] | None = None, host: str = "127.0.0.1", port: int | None = 7860,
                share: bool = False, concurrency: int = DEFAULT_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE,
                warm: bool = True, **launch_kwargs):
-    """Build, queue and serve the app. Binds `host` (loopback by default); a public link only with `share`."""
+    """Build, queue and serve the app; returns the running Blocks (`.local_url`, `.close()`). Binds `host`
+    (loopback by default) and makes a public link only with `share`. Blocks unless `prevent_thread_lock=True`."""
     demo = build_app(model_paths)
     if warm and demo.rcdm_models.names:  # load the first model now: a broken one fails at start, not on a click
-        demo.rcdm_models.get(demo.rcdm_models.names[0])
+        try:
+            demo.rcdm_models.get(demo.rcdm_models.names[0])
+        except gr.Error as e:
+            raise ValueError(e.message) from None  # the CLI prints ValueErrors as one line, without a traceback
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_BYTES,
-                       css=APP_CSS, footer_links=["api", "settings"], **launch_kwargs)
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_BYTES, css=APP_CSS,
+                footer_links=["api", "settings"], **launch_kwargs)
+    return demo
 
 
 def main(argv=None) -> None:
@@ -392,8 +411,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Serve the RCDM Gradio app.")
     add_app_arguments(parser)
     args = parser.parse_args(argv)
-    launch_app(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
-               max_queue=args.max_queue)
+    try:
+        launch_app(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+                   max_queue=args.max_queue)
+    except (ValueError, OSError) as e:  # a bad --model or a busy port: one clear line, as `rcdm app` prints it
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 if __name__ == "__main__":

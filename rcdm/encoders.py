@@ -1,13 +1,13 @@
-"""The frozen-encoder registry: a spec string -> a frozen `FrozenEncoder` that maps [0, 1] images to (B, D) embeddings.
+"""The frozen-encoder registry: a spec string -> a `FrozenEncoder` mapping [0, 1] images to (B, D) embeddings.
 
-Spec grammar (`list_encoders()` gives the same list for --help texts):
+Spec grammar (`list_encoders()` gives the forms for --help texts):
 
-    torchvision:ARCH                  any torchvision classification architecture, random init
-    torchvision:ARCH@WEIGHTS          torchvision's published weights by enum name, e.g. IMAGENET1K_V1 (downloads)
-    torchvision:ARCH@PATH             a local state dict (.pth/.pt/.safetensors); its classifier keys may be absent
-    timm:NAME[@PATH]                  a timm model (pretrained=False, num_classes=0), optionally with local weights
-    file:DIR | file:PATH              rcdm-native encoder: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
-    RELEASE[@PATH]                    an official SSL checkpoint by name (see RELEASES); @PATH = a local copy of that file
+    torchvision:ARCH            any torchvision classification architecture, random init
+    torchvision:ARCH@WEIGHTS    torchvision's published weights by enum name, e.g. IMAGENET1K_V1 (downloads)
+    torchvision:ARCH@PATH       a local state dict (.pth/.pt/.safetensors); its classifier keys may be absent
+    timm:NAME[@PATH]            a timm model (pretrained=False, num_classes=0), optionally with local weights
+    file:DIR | file:PATH        rcdm-native: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
+    RELEASE[@PATH]              an official SSL checkpoint by name (see RELEASES); @PATH = a local copy of that file
 
 Layers: `backbone` (pooled trunk), `projector` (the release's head), any module name (forward hook; maps are
 average-pooled, token sequences give their CLS token) and `a+b` concatenations.
@@ -21,12 +21,14 @@ import math
 import pickle
 from dataclasses import asdict, dataclass
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +37,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Preprocess:
     """How [0, 1] pixels become the network's input: shorter side to `size`, centre crop `crop`, map [0, 1] to
-    `pixel_range`, then (x - mean) / std. RCDM's reference fed its encoders [-1, 1] pixels; `pixel_range` records that."""
+    `pixel_range`, then (x - mean) / std. RCDM's reference fed its encoders [-1, 1] pixels: `pixel_range` records
+    such quirks."""
 
     size: int
     crop: int
@@ -84,8 +87,19 @@ class FrozenEncoder(nn.Module):
         self._need_head = any(name == "projector" or _inside(m, net.projector) for name, m in self._layers)
         self.requires_grad_(False)
         self.train(False)
-        with torch.no_grad():
-            self.dim = self(torch.zeros(1, 3, preprocess.crop, preprocess.crop, device=self.device)).shape[1]
+        self.dim = self._output_dim()
+
+    @torch.no_grad()
+    def _output_dim(self) -> int:
+        """D from one dry forward, on the meta device when the model allows it: shapes without FLOPs (a 224px
+        ResNet-50 pass costs seconds on a busy CPU)."""
+        x = torch.zeros(1, 3, self.preprocess.crop, self.preprocess.crop)
+        tensors = chain(self.named_parameters(), self.named_buffers())
+        meta = {k: torch.empty_like(v, device="meta") for k, v in tensors}
+        try:
+            return functional_call(self, meta, (x.to("meta"),)).shape[1]
+        except (RuntimeError, NotImplementedError):  # an op without a meta kernel, or a plain-tensor attribute
+            return self(x.to(self.device)).shape[1]
 
     @property
     def device(self) -> torch.device:
@@ -103,11 +117,12 @@ class FrozenEncoder(nn.Module):
         std = torch.tensor(p.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         x = (x * (hi - lo) + lo - mean) / std
         dtype = next(self.net.parameters()).dtype  # a pipeline may have cast the encoder to half precision
-        return self._read_out(x if torch.is_autocast_enabled(x.device.type) else x.to(dtype)).float()  # (B, D)
+        return self._read_out(x.to(dtype)).float()  # (B, D)
 
     def _read_out(self, x: torch.Tensor) -> torch.Tensor:
         feats: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(partial(_store_pooled, feats, name)) for name, m in self._layers if m]
+        hooks = [m.register_forward_hook(partial(_store_pooled, feats, name))
+                 for name, m in self._layers if m is not None]
         try:
             h = self.net.backbone(x)  # (B, D_backbone)
             z = self.net.projector(h) if self._need_head else None  # (B, D_projector)
@@ -235,9 +250,18 @@ def _safe_load(load: Callable, what) -> dict:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return load(map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{what}: refused to unpickle it; it holds Python objects besides tensors, and loading those "
-                         "could run arbitrary code (torch.load weights_only=True). Re-save its state_dict from a "
-                         f"trusted environment or convert it to safetensors. Detail: {str(e).splitlines()[0]}") from None
+        detail = _pickle_error_detail(e)
+        if "GLOBAL" not in detail:
+            raise ValueError(f"{what}: not a readable PyTorch checkpoint ({detail})") from None
+        raise ValueError(f"{what}: refused to unpickle it; it holds Python objects besides tensors, and loading "
+                         "those could run arbitrary code (torch.load weights_only=True). Re-save its state_dict in a "
+                         f"trusted environment or convert it to safetensors. Detail: {detail}") from None
+
+
+def _pickle_error_detail(e: Exception) -> str:
+    """The line of torch's long weights_only error that says what was refused (e.g. 'Unsupported global: ...')."""
+    lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+    return lines[0] if lines else str(e).splitlines()[0]
 
 
 def read_weights(path: Path):
@@ -362,7 +386,7 @@ def _build_file(spec: str, rest: str, base_dir):
     cfg_path = weights.parent / "config.json"
     for p in (cfg_path, weights):
         if not p.is_file():
-            raise FileNotFoundError(f"{spec}: {p} does not exist (a file: encoder is config.json + model.safetensors)")
+            raise FileNotFoundError(f"{spec}: {p} does not exist (file: = config.json + model.safetensors)")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("arch") not in FILE_ARCHS:
         raise ValueError(f"{spec}: {cfg_path} names arch {cfg.get('arch')!r}; known: {sorted(FILE_ARCHS)}")
@@ -399,6 +423,13 @@ _HEAD_LAYERS: dict[str, Callable[[dict, int], nn.Module]] = {
 }
 
 
+def _build_head(layout: str, state: dict, spec: str) -> nn.Sequential:
+    try:
+        return nn.Sequential(*[_HEAD_LAYERS[c](state, i) for i, c in enumerate(layout)])
+    except ValueError as e:
+        raise ValueError(f"{spec}: {e}") from None
+
+
 def _shape(state: dict, key: str) -> tuple[int, ...]:
     if key not in state:
         raise ValueError(f"projector tensor {key!r} is missing from the checkpoint's head")
@@ -431,7 +462,9 @@ _VISSL = dict(unwrap=("classy_state_dict", "base_model", "model"), trunk=_resnet
 RELEASES: dict[str, Release] = {
     # facebookresearch/dino. Full checkpoint: {"teacher", "student", "optimizer", "epoch", "args", "dino_loss"};
     # teacher keys "backbone.*" / "head.*" ("module." in front when the teacher was DDP-wrapped). The released RN50
-    # head (as RCDM loads it) is Linear(2048, 4096)-BN-GELU-Linear(4096, 256) + last_layer; projector = 256-d bottleneck.
+    # head, as RCDM's get_ssl_models.py and other strict public loaders read it, is
+    # Linear(2048, 4096)-BN-GELU-Linear(4096, 256) + last_layer: not DINOHead's 3-layer default. Projector = the
+    # 256-d bottleneck (what RCDM conditions on).
     "dino_resnet50": Release(
         "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain_full_checkpoint.pth",
         trunk=_resnet50_trunk, head_layout="LBGL", **_DINO_HEAD),
@@ -512,11 +545,9 @@ def _build_release(spec: str, rel: Release, source: str, base_dir):
     if not isinstance(state, dict):
         raise ValueError(f"{spec}: expected a state dict under {'/'.join(rel.unwrap)}, found {type(state).__name__}")
     trunk, head = _split(_flatten(state), rel)
-    try:
-        projector = nn.Sequential(*[_HEAD_LAYERS[c](head, i) for i, c in enumerate(rel.head_layout)]) if head else None
-    except ValueError as e:
-        raise ValueError(f"{spec}: {e}") from None
-    net = EncoderNet(rel.trunk(), projector)
+    with torch.device("meta"):  # the strict load below overwrites every tensor: skip the random init
+        net = EncoderNet(rel.trunk(), _build_head(rel.head_layout, head, spec) if head else None)
+    net = net.to_empty(device="cpu")
     full = {f"backbone.{k}": v for k, v in trunk.items()} | {f"projector.{k}": v for k, v in head.items()}
     _load_strict(net, full, spec)
     return net, IMAGENET_PREPROCESS

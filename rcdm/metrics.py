@@ -65,7 +65,7 @@ def rank_stats(h_ref: torch.Tensor, h_hat: torch.Tensor) -> dict:
     r = sample_ranks(h_ref, h_hat).double()
     return {
         "mean": r.mean().item(),
-        "median": r.median().item(),
+        "median": r.quantile(0.5).item(),  # the midpoint average for even counts (torch.median takes the lower)
         "top1_pct": 100.0 * (r == 1).double().mean().item(),
         "top5_pct": 100.0 * (r <= 5).double().mean().item(),
         "chance_mean": (len(h_ref) + 1) / 2,

@@ -40,6 +40,7 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = field(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
     layers_per_block: int = field(default=2, metadata={"help": "ResBlocks per UNet level"})
     attention_levels: tuple[int, ...] = field(default=(), metadata={"help": "UNet levels with self-attention"})
+    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)"})
     dropout: float = field(default=0.0, metadata={"help": "ResBlock dropout"})
     mean_decoder: bool = field(default=True, metadata={"help": "concatenate a mean decoder D(h) to the UNet input"})
     mean_loss_weight: float = field(default=1.0, metadata={"help": "weight of the mean decoder's MSE"})
@@ -156,7 +157,7 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
         return unet
     unet = RCDMUNet(embedding_dim=dim, sample_size=cfg.resolution, block_out_channels=cfg.block_out_channels,
                     layers_per_block=cfg.layers_per_block, attention_levels=cfg.attention_levels,
-                    dropout=cfg.dropout, mean_decoder=cfg.mean_decoder, cond_drop_prob=cfg.cond_drop_prob,
+                    norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, mean_decoder=cfg.mean_decoder, cond_drop_prob=cfg.cond_drop_prob,
                     prediction_type=cfg.prediction_type)
     unet.set_embedding_stats(cache.embeddings.flatten(0, 1))
     return unet
@@ -255,8 +256,11 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
 
     from .schedulers import training_scheduler
 
+    from accelerate.utils import set_seed
+
     _validate(cfg)
     acc = make_accelerator(cfg)
+    set_seed(cfg.seed)  # same initial weights on every process and every run
     cache = EmbeddingCache.load(cfg.cache)
     unet = build_unet(cfg, cache.dim, cache)
     if cfg.channels_last:

@@ -68,3 +68,16 @@ def cifar_test_images(cifar_npz):
 
     ds = NpzImages(str(cifar_npz), "test")
     return [open_image(ds.raw(i)) for i in range(16)], [int(ds.labels[i]) for i in range(16)]
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory, cifar_npz):
+    """64 CIFAR-10 test images repacked as a 'train' split in the packed-JPEG npz format."""
+    import numpy as np
+
+    z = np.load(cifar_npz)
+    off = z["test_offsets"][:65]
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, train_jpeg=z["test_jpeg"][: off[-1]], train_offsets=off, train_labels=z["test_labels"][:64],
+             class_names=z["class_names"])
+    return path

@@ -17,8 +17,6 @@ from rcdm.encoders import (IMAGENET_PREPROCESS, RELEASES, FrozenEncoder, Preproc
                            resize_center_crop)
 from rcdm.ssl import CIFAR_MEAN, CIFAR_STD, SSLConfig, SSLEncoder, save_encoder
 
-torch.set_num_threads(2)
-
 
 def _noisy(state):
     """Small random rescaling, so that loaded weights cannot equal a fresh init by accident."""
@@ -35,17 +33,30 @@ def _pre(prefix, state):
     return {prefix + k: v for k, v in state.items()}
 
 
+def _random_state(build):
+    """The state-dict layout of `build()` filled with uniform noise, skipping the (slow) weight init."""
+    with torch.device("meta"):
+        model = build()
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.rand(v.shape, generator=g) * 0.02 if v.is_floating_point() else torch.zeros((), dtype=v.dtype)
+            for k, v in model.state_dict().items()}
+
+
+def _resnet50_trunk():
+    model = torchvision.models.resnet50()
+    model.fc = nn.Identity()  # every release's trunk has no fc
+    return model
+
+
 @pytest.fixture(scope="module")
 def r50():
-    m = torchvision.models.resnet50()
-    m.fc = nn.Identity()  # every release's trunk has no fc
-    return _noisy(m.state_dict())
+    return _random_state(_resnet50_trunk)
 
 
 @pytest.fixture(scope="module")
 def vits():
     timm = pytest.importorskip("timm")
-    return _noisy(timm.create_model("vit_small_patch16_224", num_classes=0).state_dict())
+    return _random_state(lambda: timm.create_model("vit_small_patch16_224", num_classes=0))
 
 
 def exclude_bias_and_norm(p):  # what VICReg / Barlow Twins pickle into their optimizer state, as __main__.*
@@ -56,30 +67,34 @@ exclude_bias_and_norm.__module__ = "__main__"
 
 
 @pytest.fixture
-def main_filter(monkeypatch):
+def lars_state(monkeypatch):
+    """An optimizer state_dict as VICReg / Barlow Twins save it: their LARS keeps a function in param_groups."""
     monkeypatch.setattr(sys.modules["__main__"], "exclude_bias_and_norm", exclude_bias_and_norm, raising=False)
     return {"state": {}, "param_groups": [{"lr": 0.0, "weight_decay_filter": exclude_bias_and_norm,
                                           "lars_adaptation_filter": exclude_bias_and_norm, "params": [0]}]}
 
 
 # Each fake: (checkpoint, dict holding the trunk keys, a trunk key, expected model state, (backbone, projector) dims).
-# Hidden widths of the 8192-wide heads are shrunk to 64 (an 8192^2 matrix is 268 MB); keys and output widths are real.
+# Head hidden widths are shrunk to 64 to keep files small (an 8192^2 matrix is 268 MB); the loader reads widths from
+# the tensors, so keys, layer types and input/output widths are the releases' own.
 def fake_dino_resnet50(r50, vits, opt):
-    head = _sd(nn.Linear(2048, 4096), nn.BatchNorm1d(4096), nn.GELU(), nn.Linear(4096, 256))
+    head = _sd(nn.Linear(2048, 64), nn.BatchNorm1d(64), nn.GELU(), nn.Linear(64, 256))  # 4096 hidden in the release
     teacher = _pre("module.backbone.", r50) | _pre("module.head.mlp.", head)
     teacher["module.head.last_layer.weight"] = torch.randn(100, 256)  # 60000 prototypes in the release
     ckpt = {"teacher": teacher, "student": {"module.backbone.conv1.weight": torch.zeros(1)}, "optimizer": opt,
             "epoch": 100, "args": argparse.Namespace(arch="resnet50", out_dim=60000),
             "dino_loss": {"center": torch.zeros(1, 100)}}
-    return ckpt, teacher, "module.backbone.layer1.0.conv1.weight", _pre("backbone.", r50) | _pre("projector.", head), (2048, 256)
+    expected = _pre("backbone.", r50) | _pre("projector.", head)
+    return ckpt, teacher, "module.backbone.layer1.0.conv1.weight", expected, (2048, 256)
 
 
 def fake_dino_vits16(r50, vits, opt):
-    head = _sd(nn.Linear(384, 2048), nn.GELU(), nn.Linear(2048, 2048), nn.GELU(), nn.Linear(2048, 256))
+    head = _sd(nn.Linear(384, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 256))  # 2048 hidden
     teacher = _pre("backbone.", vits) | _pre("head.mlp.", head)
     teacher |= {"head.last_layer.weight_g": torch.ones(100, 1), "head.last_layer.weight_v": torch.randn(100, 256)}
     ckpt = {"teacher": teacher, "epoch": 300, "args": argparse.Namespace(arch="vit_small", patch_size=16)}
-    return ckpt, teacher, "backbone.blocks.3.attn.qkv.weight", _pre("backbone.", vits) | _pre("projector.", head), (384, 256)
+    expected = _pre("backbone.", vits) | _pre("projector.", head)
+    return ckpt, teacher, "backbone.blocks.3.attn.qkv.weight", expected, (384, 256)
 
 
 def fake_vicreg_resnet50(r50, vits, opt):
@@ -115,21 +130,22 @@ def fake_barlowtwins_resnet50_vissl(r50, vits, opt):
 
 
 def fake_simclr_resnet50(r50, vits, opt):
-    l1, l2 = _sd(nn.Linear(2048, 2048)), _sd(nn.Linear(2048, 128))
+    l1, l2 = _noisy(nn.Linear(2048, 64).state_dict()), _noisy(nn.Linear(64, 128).state_dict())  # 2048 hidden
     ckpt, trunk = _vissl(r50, _pre("0.clf.0.", l1) | _pre("1.clf.0.", l2))
     expected = _pre("backbone.", r50) | _pre("projector.0.", l1) | _pre("projector.2.", l2)
     return ckpt, trunk, "_feature_blocks.layer1.0.conv1.weight", expected, (2048, 128)
 
 
 def fake_mocov3_resnet50(r50, vits, opt):
-    fc = _sd(nn.Linear(2048, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(), nn.Linear(4096, 256, bias=False),
-             nn.BatchNorm1d(256, affine=False))
+    fc = _sd(nn.Linear(2048, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 256, bias=False),
+             nn.BatchNorm1d(256, affine=False))  # 4096 hidden in the release
     pred = _sd(nn.Linear(256, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 256, bias=False))
     state = _pre("module.base_encoder.", r50) | _pre("module.base_encoder.fc.", fc)
     state |= _pre("module.momentum_encoder.", r50) | _pre("module.momentum_encoder.fc.", fc)  # shared storage
     state |= _pre("module.predictor.", pred)
     ckpt = {"epoch": 1000, "arch": "resnet50", "state_dict": state, "optimizer": opt, "scaler": {"scale": 1024.0}}
-    return ckpt, state, "module.base_encoder.layer1.0.conv1.weight", _pre("backbone.", r50) | _pre("projector.", fc), (2048, 256)
+    expected = _pre("backbone.", r50) | _pre("projector.", fc)
+    return ckpt, state, "module.base_encoder.layer1.0.conv1.weight", expected, (2048, 256)
 
 
 FAKES = {name[len("fake_"):]: fn for name, fn in globals().items() if name.startswith("fake_")}
@@ -140,23 +156,21 @@ def test_every_release_has_a_fake():
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
-def test_release_layout_loads_strictly(name, r50, vits, main_filter, tmp_path):
-    ckpt, _, _, expected, (d_bb, d_proj) = FAKES[name](r50, vits, main_filter)
+def test_release_layout_loads_strictly(name, r50, vits, lars_state, tmp_path):
+    ckpt, _, _, expected, (d_bb, d_proj) = FAKES[name](r50, vits, lars_state)
     torch.save(ckpt, tmp_path / "release.pth")
     enc = load_encoder(f"{name}@release.pth", "backbone+projector", base_dir=tmp_path)
     assert enc.spec == f"{name}@release.pth" and enc.dim == d_bb + d_proj
     state = enc.net.state_dict()
     assert sorted(state) == sorted(expected)
     assert all(torch.equal(state[k], v) for k, v in expected.items())
-    assert FrozenEncoder(enc.net, enc.spec, "projector", enc.preprocess).dim == d_proj
+    assert enc.net.projector(torch.zeros(2, d_bb)).shape == (2, d_proj)
     assert enc.preprocess == IMAGENET_PREPROCESS
-    out = enc(torch.rand(1, 3, 40, 56))
-    assert out.shape == (1, d_bb + d_proj) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
-def test_release_with_a_renamed_key_is_refused(name, r50, vits, main_filter, tmp_path):
-    ckpt, trunk, key, _, _ = FAKES[name](r50, vits, main_filter)
+def test_release_with_a_renamed_key_is_refused(name, r50, vits, lars_state, tmp_path):
+    ckpt, trunk, key, _, _ = FAKES[name](r50, vits, lars_state)
     trunk[key.replace("conv1", "conv_1").replace("qkv", "q_kv")] = trunk.pop(key)
     torch.save(ckpt, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=name) as e:
@@ -165,12 +179,25 @@ def test_release_with_a_renamed_key_is_refused(name, r50, vits, main_filter, tmp
     assert f"backbone.{tail}" in str(e.value)  # the missing key is named
 
 
-def test_release_with_a_missing_head_tensor_is_refused(r50, main_filter, tmp_path):
-    ckpt, model, _, _, _ = fake_vicreg_resnet50(r50, None, main_filter)
+def test_release_with_a_missing_head_tensor_is_refused(r50, lars_state, tmp_path):
+    ckpt, model, _, _, _ = fake_vicreg_resnet50(r50, None, lars_state)
     del model["module.projector.6.weight"]
     torch.save(ckpt, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"vicreg_resnet50.*'6\.weight'"):
         load_encoder(f"vicreg_resnet50@{tmp_path / 'bad.pth'}")
+
+
+def test_release_read_out_is_the_head_on_the_pooled_trunk(r50, lars_state, tmp_path):
+    ckpt, *_ = fake_vicreg_resnet50(r50, None, lars_state)
+    torch.save(ckpt, tmp_path / "v.pth")
+    enc = load_encoder(f"vicreg_resnet50@{tmp_path / 'v.pth'}", "backbone+projector")
+    pre = Preprocess(40, 32, IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std)  # ResNets take any size: CPU-cheap
+    x = torch.rand(2, 3, 50, 40)
+    with torch.no_grad():
+        mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+        h = enc.net.backbone((resize_center_crop(x, 40, 32) - mean) / std)  # (2, 2048)
+        want = torch.cat([h, enc.net.projector(h)], 1)  # (2, 2048 + 8192)
+    torch.testing.assert_close(FrozenEncoder(enc.net, enc.spec, enc.layer, pre)(x), want)
 
 
 def test_backbone_only_release_file(r50, tmp_path):
@@ -194,10 +221,13 @@ class _Payload:
 def test_pickled_objects_are_refused_not_executed(r50, tmp_path):
     flag = tmp_path / "executed"
     torch.save({"model": _pre("module.backbone.", r50), "extra": _Payload(flag)}, tmp_path / "evil.pth")
-    for spec in ("vicreg_resnet50@evil.pth", "torchvision:resnet50@evil.pth"):
+    for spec in ("vicreg_resnet50@evil.pth", "torchvision:resnet18@evil.pth"):
         with pytest.raises(ValueError, match="refused to unpickle"):
             load_encoder(spec, base_dir=tmp_path)
     assert not flag.exists()
+    (tmp_path / "garbage.pth").write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_encoder("dino_resnet50@garbage.pth", base_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- torchvision / timm
@@ -209,19 +239,19 @@ def resnet18():
 
 
 def test_torchvision_random_and_named_layers(resnet18):
-    enc = resnet18
-    assert enc.dim == 512 and enc.preprocess == IMAGENET_PREPROCESS
+    assert resnet18.dim == 512 and resnet18.preprocess == IMAGENET_PREPROCESS
+    pre = Preprocess(72, 64, IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std)  # small input: CPU-cheap
     x = torch.rand(2, 3, 30, 40)
-    m = enc.net.backbone
+    m = resnet18.net.backbone
     with torch.no_grad():
-        h = resize_center_crop(x, 256, 224)
-        h = (h - torch.tensor(IMAGENET_PREPROCESS.mean).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_PREPROCESS.std).view(1, 3, 1, 1)
-        l3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(h)))))))  # (2, 256, 14, 14)
-        want = torch.cat([m.layer4(l3).mean((2, 3)), l3.mean((2, 3))], 1)
-    both = FrozenEncoder(enc.net, enc.spec, "backbone + layer3", enc.preprocess)
+        mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+        h = (resize_center_crop(x, 72, 64) - mean) / std
+        l3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(h)))))))  # (2, 256, 4, 4)
+        want = torch.cat([m.layer4(l3).mean((2, 3)), l3.mean((2, 3))], 1)  # (2, 512 + 256)
+    both = FrozenEncoder(resnet18.net, resnet18.spec, "backbone + layer3", pre)
     assert both.dim == 768
     torch.testing.assert_close(both(x), want, rtol=1e-4, atol=1e-4)
-    same = FrozenEncoder(enc.net, enc.spec, "backbone.layer3", enc.preprocess)
+    same = FrozenEncoder(resnet18.net, resnet18.spec, "backbone.layer3", pre)
     torch.testing.assert_close(same(x), want[:, 512:], rtol=1e-4, atol=1e-4)
 
 
@@ -268,7 +298,7 @@ def test_timm_cls_token_and_local_weights(tmp_path):
     layer = FrozenEncoder(enc.net, enc.spec, "blocks.0", enc.preprocess)
     out = layer(x)
     hook.remove()
-    torch.testing.assert_close(out, tokens[0][:, 0])  # (B, N, C) tokens -> CLS
+    torch.testing.assert_close(out, tokens[-1][:, 0])  # (B, N, C) tokens -> CLS
 
     state = _noisy(timm.create_model("test_resnet").state_dict())  # has the "fc" classifier
     torch.save(state, tmp_path / "r.pth")

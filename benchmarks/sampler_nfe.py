@@ -1,0 +1,106 @@
+"""Faithfulness against cost for each sampler: mean rank and top-1 of N held-out images versus NFE.
+
+    python benchmarks/sampler_nfe.py --num-images 200                      # the shipped default model
+    python benchmarks/sampler_nfe.py --model runs/x/pipeline --num-images 8 --out-csv /tmp/s.csv --out-png /tmp/s.png
+
+Each sampler runs `rcdm.evaluate.evaluate` on the same references with the same per-sample seeds, so every
+sampler starts sample k of image i from the same initial noise (DDPM then draws fresh noise at every step).
+NFE is measured (UNet rows / samples), not assumed. Writes one CSV row per sampler and a PNG of rank vs NFE.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from rcdm.evaluate import evaluate
+from rcdm.pipeline import RCDMPipeline
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
+SAMPLERS = "ddpm:1000,ddpm:100,ddim:50,ddim:20,ddim:10,dpm++:20,dpm++:10,unipc:10"
+COLUMNS = ["sampler", "scheduler", "steps", "nfe", "num_images", "mean_rank", "median_rank", "top1_pct", "top5_pct",
+           "fd", "fd_real_halves", "sample_seconds", "ms_per_sample"]
+
+
+def parse_samplers(text: str) -> list[tuple[str, int]]:
+    """'ddim:50,dpm++:10' -> [('ddim', 50), ('dpm++', 10)]."""
+    out = []
+    for item in text.split(","):
+        name, _, steps = item.strip().rpartition(":")
+        if not name or not steps.isdigit():
+            raise ValueError(f"sampler {item!r}: expected NAME:STEPS, e.g. ddim:50")
+        out.append((name, int(steps)))
+    return out
+
+
+def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, seed: int, batch_size: int) -> dict:
+    """One CSV row: faithfulness, measured NFE and sampling wall time of one sampler."""
+    m = evaluate(pipe, data, num_images, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)
+    r, t = m["rank"], m["timing"]["sample_seconds"]
+    return {"sampler": f"{scheduler}-{steps}", "scheduler": scheduler, "steps": steps, "nfe": m["sampling"]["nfe"],
+            "num_images": m["num_images"], "mean_rank": r["mean"], "median_rank": r["median"],
+            "top1_pct": r["top1_pct"], "top5_pct": r["top5_pct"], "fd": m["fd"]["samples_vs_real"],
+            "fd_real_halves": m["fd"]["real_half_vs_half"], "sample_seconds": t,
+            "ms_per_sample": 1000 * t / m["num_images"]}
+
+
+def write_csv(rows: list[dict], path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(rows: list[dict], path, title: str) -> None:
+    """Mean rank (lower is better) and top-1 % (higher is better) against NFE on a log axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, key, label in zip(fig.subplots(1, 2), ("mean_rank", "top1_pct"), ("mean rank (lower is better)",
+                                                                              "top-1 % (higher is better)")):
+        for name in dict.fromkeys(r["scheduler"] for r in rows):  # one colour per sampler family, in run order
+            pts = [r for r in rows if r["scheduler"] == name]
+            ax.plot([r["nfe"] for r in pts], [r[key] for r in pts], "o-", label=name)
+        for r in rows:
+            ax.annotate(f"{r['steps']}", (r["nfe"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xscale="log", xlabel="NFE (UNet evaluations per sample)", ylabel=label)
+        ax.legend()
+    fig.axes[0].axhline((rows[0]["num_images"] + 1) / 2, color="gray", ls="--", lw=1, label="chance")
+    fig.axes[0].legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="pipeline directory or shipped name (default: the shipped default)")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"reference images (default: {DEFAULT_DATA})")
+    p.add_argument("--num-images", type=int, default=200, help="references: the first N test images (default: 200)")
+    p.add_argument("--samplers", default=SAMPLERS, help=f"comma-separated NAME:STEPS (default: {SAMPLERS})")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (default: 64)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--out-csv", default=str(HERE / "sampler_nfe.csv"), help="output CSV (default: beside this file)")
+    p.add_argument("--out-png", default=str(HERE / "sampler_nfe.png"), help="output plot (default: beside this file)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    samplers = parse_samplers(args.samplers)
+    pipe = RCDMPipeline.from_pretrained(args.model, device=args.device)
+    t0, rows = time.time(), []
+    for name, steps in samplers:
+        rows.append(measure(pipe, args.data, args.num_images, name, steps, args.seed, args.batch_size))
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
+              flush=True)
+    write_csv(rows, args.out_csv)
+    plot(rows, args.out_png, f"{args.model or 'default model'}: {rows[0]['num_images']} test images, seed {args.seed}")
+    print(f"wrote {args.out_csv} and {args.out_png} in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Training: embedding cache, exact resume, crash-safe checkpoints, NaN stop, multi-process, export."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rcdm import RCDMPipeline
+from rcdm.cache import EmbeddingCache, build_cache
+from rcdm.cli import main as cli_main
+from rcdm.encoders import load_encoder
+from rcdm.train import TrainConfig, train
+
+TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
+        "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory, tiny_npz, tiny_encoder_dir):
+    out = tmp_path_factory.mktemp("cache") / "emb.safetensors"
+    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(out)]) == 0
+    return out
+
+
+def _cfg(tiny_npz, cache_path, out, **kw):
+    base = dict(data=str(tiny_npz), cache=str(cache_path), output_dir=str(out), block_out_channels=(16, 32),
+                norm_num_groups=8, layers_per_block=1, batch_size=8, log_every=1, sample_every=0, warmup_steps=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (Path(out) / "losses.jsonl").read_text().splitlines()]
+
+
+def test_cache_holds_both_views_and_matches_the_encoder(cache_path, tiny_npz, tiny_encoder_dir):
+    cache = EmbeddingCache.load(cache_path)
+    assert cache.embeddings.shape == (64, 2, 64) and cache.meta["views"] == ["identity", "hflip"]
+    enc = load_encoder(f"file:{tiny_encoder_dir}")
+    from rcdm.data import open_dataset
+
+    x = open_dataset(str(tiny_npz))[5][0].float().div(255)[None]
+    torch.testing.assert_close(cache.embeddings[5, 0], enc.encode(x)[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cache.embeddings[5, 1], enc.encode(x.flip(-1))[0], atol=1e-5, rtol=1e-4)
+
+
+def test_mismatched_cache_is_refused(tmp_path, cache_path, cifar_npz):
+    with pytest.raises(ValueError, match="fingerprint"):
+        train(_cfg(f"{cifar_npz}:test", cache_path, tmp_path / "x", max_steps=1))
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny_npz, tiny_encoder_dir):
+    z = dict(np.load(tiny_npz))
+    buf = z["train_jpeg"].copy()
+    buf[z["train_offsets"][3] : z["train_offsets"][4]] = 0  # image 3 becomes garbage
+    np.savez(tmp_path / "bad.npz", **{**z, "train_jpeg": buf})
+    enc = load_encoder(f"file:{tiny_encoder_dir}")
+    with pytest.warns(UserWarning, match="skipped 1 of 64"):
+        cache = build_cache(enc, str(tmp_path / "bad.npz"), max_bad_frac=0.05, progress=False)
+    assert cache.meta["num_bad"] == 1 and 3 not in cache.indices.tolist() and len(cache.indices) == 63
+    with pytest.raises(ValueError, match="unreadable"), pytest.warns(UserWarning):
+        build_cache(enc, str(tmp_path / "bad.npz"), progress=False)  # default limit: 1% of 64 < 1
+
+
+def test_exact_resume(tmp_path, tiny_npz, cache_path):
+    """2N steps in one run == N steps, then resume, then N more: same losses and weights."""
+    full = train(_cfg(tiny_npz, cache_path, tmp_path / "full", max_steps=6, checkpoint_every=3), "t")
+    train(_cfg(tiny_npz, cache_path, tmp_path / "part", max_steps=3, checkpoint_every=3), "t")
+    resumed = train(_cfg(tiny_npz, cache_path, tmp_path / "part", max_steps=6, checkpoint_every=3, resume="latest"), "t")
+    np.testing.assert_allclose(_losses(tmp_path / "full"), _losses(tmp_path / "part"), atol=1e-6, rtol=0)
+    a = load_file(str(full / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    opt_a = load_file(str(tmp_path / "full/checkpoints/checkpoint-6/model.safetensors"))
+    opt_b = load_file(str(tmp_path / "part/checkpoints/checkpoint-6/model.safetensors"))
+    assert all(torch.allclose(opt_a[k], opt_b[k], atol=1e-6, rtol=0) for k in opt_a)
+
+
+def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):
+    out = train(_cfg(tiny_npz, cache_path, tmp_path / "run", max_steps=2, sample_every=2, sample_steps=2), "cmd")
+    pipe = RCDMPipeline.from_pretrained(out)
+    imgs = pipe(embeddings=EmbeddingCache.load(cache_path).embeddings[:2, 0], num_samples=2, num_inference_steps=2).images
+    assert len(imgs) == 4 and imgs[0].size == (32, 32)
+    assert (tmp_path / "run/samples/step-0000002.png").is_file()
+    assert "cmd" in (out / "README.md").read_text() and pipe.training_info["steps"] == 2
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_npz, cache_path, monkeypatch):
+    import rcdm.train as T
+
+    real = T.diffusion_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(T, "diffusion_loss", flaky)
+    with pytest.raises(FloatingPointError, match="step 4"):
+        train(_cfg(tiny_npz, cache_path, tmp_path / "nan", max_steps=6, checkpoint_every=2), "t")
+    ckpts = sorted(p.name for p in (tmp_path / "nan/checkpoints").iterdir())
+    assert ckpts == ["checkpoint-2"]
+    monkeypatch.setattr(T, "diffusion_loss", real)
+    train(_cfg(tiny_npz, cache_path, tmp_path / "nan", max_steps=3, checkpoint_every=2, resume="latest"), "t")
+
+
+KILL_SCRIPT = """
+import sys, time
+import rcdm.fsutil as fs
+from rcdm.train import main
+real = fs.replace_dir
+def slow(tmp, out):
+    if str(out).endswith("checkpoint-4"):
+        print("WRITING", flush=True)
+        time.sleep(120)  # the test kills us here: checkpoint-4 is written but not yet in place
+    real(tmp, out)
+fs.replace_dir = slow
+main(sys.argv[1:])
+"""
+
+
+def test_sigkill_during_checkpoint_keeps_previous(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "kill"
+    args = ["--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out), "--max-steps", "8",
+            "--checkpoint-every", "2", *TINY]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    deadline = time.time() + 120
+    while proc.stdout.readline().strip() != "WRITING":
+        assert time.time() < deadline and proc.poll() is None, "training never reached checkpoint 4"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["checkpoint-2", "checkpoint-4.tmp"]
+    resumed = train(_cfg(tiny_npz, cache_path, out, max_steps=3, checkpoint_every=100, resume="latest"), "t")
+    assert _losses(out)[-1] > 0 and RCDMPipeline.from_pretrained(resumed).training_info["steps"] == 3
+
+
+SHARD_SCRIPT = """
+import sys, torch
+from accelerate import Accelerator
+from rcdm.cache import EmbeddingCache
+from rcdm.train import TrainConfig, make_accelerator, make_dataloader
+cfg = TrainConfig(data=sys.argv[1], cache=sys.argv[2], output_dir=sys.argv[3], batch_size=8)
+acc = make_accelerator(cfg)
+dl = acc.prepare(make_dataloader(cfg, EmbeddingCache.load(cfg.cache)))
+dl.set_epoch(0)
+seen = torch.cat([h for _, h in dl])
+torch.save(seen, f"{sys.argv[3]}/seen{acc.process_index}.pt")
+"""
+
+
+def _launch(args, cwd):
+    """Two gloo processes on the CPU. `accelerate launch --cpu --num_processes 2` would start ONE process unless
+    MPI is installed (accelerate's simple launcher); --multi_gpu with ACCELERATE_USE_CPU runs torch.distributed."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_two_processes_shard_data(tmp_path, tiny_npz, cache_path):
+    (tmp_path / "script.py").write_text(SHARD_SCRIPT)
+    _launch(["script.py", str(tiny_npz), str(cache_path), str(tmp_path)], tmp_path)
+    a, b = (torch.load(tmp_path / f"seen{i}.pt", weights_only=True) for i in (0, 1))
+    rows = lambda t: {tuple(r.tolist()) for r in t}  # noqa: E731
+    assert len(a) == len(b) == 64 and not rows(a) & rows(b)  # 128 items, split without overlap
+
+
+def test_two_process_training_run(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "ddp"
+    _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
+             "--max-steps", "3", "--checkpoint-every", "2", "--mixed-precision", "no", *TINY], tmp_path)
+    ck = out / "checkpoints" / "checkpoint-3"
+    assert sorted(p.name for p in ck.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert len(_losses(out)) == 3  # one line per step: only the main process logs
+    writers = {p.name.split(".")[-2] for p in (out / "logs").rglob("events.out.tfevents*")}  # writer PIDs
+    assert len(writers) == 1
+    pipe = RCDMPipeline.from_pretrained(out / "pipeline")
+    assert len(pipe(embeddings=torch.zeros(1, pipe.encoder.dim), num_inference_steps=2).images) == 1

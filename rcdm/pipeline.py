@@ -79,7 +79,9 @@ class RCDMPipeline(DiffusionPipeline):
     def to(self, device=None, dtype: torch.dtype | None = None):
         """Move the denoiser (optionally casting it, e.g. to bf16) and the encoder; the encoder stays in float32
         so embeddings do not depend on the sampling precision."""
-        self.unet.to(device=device, dtype=dtype)
+        if dtype is not None:
+            _cast(self.unet, dtype)
+        self.unet.to(device)
         self.encoder.to(device)
         return self
 
@@ -230,7 +232,15 @@ def load_scheduler_config(path: Path) -> dict:
     return json.loads((path / "scheduler_config.json").read_text())
 
 
+def _cast(module, dtype):
+    """Cast floating-point weights; nn.Module's half()/bfloat16()/float() avoid ModelMixin.to's fp32 warning."""
+    names = {torch.float16: "half", torch.bfloat16: "bfloat16", torch.float32: "float"}
+    if dtype not in names:
+        raise ValueError(f"unsupported dtype {dtype}; use one of {list(names)}")
+    return getattr(module, names[dtype])()
+
+
 def _copy_to_dtype(module, dtype):
     import copy
 
-    return copy.deepcopy(module).to(dtype)
+    return _cast(copy.deepcopy(module), dtype)

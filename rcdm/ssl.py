@@ -115,6 +115,8 @@ class SSLConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
     test_data: str = field(default="", metadata={"help": "held-out split for the kNN report (e.g. file.npz:test)"})
+    init_from: str = field(default="", metadata={"help": "encoder directory to continue from (a new stint: fresh "
+                                                         "optimizer, re-warmed schedule)"})
 
 
 def _normalize(x01):
@@ -130,8 +132,13 @@ def train_ssl(cfg: SSLConfig) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    images, _, _, _ = decode_all(open_dataset(cfg.data), "decoding train", cfg.resolution)  # uint8 (N, 3, R, R)
-    model = SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out).to(memory_format=torch.channels_last)
+    images, labels, _, _ = decode_all(open_dataset(cfg.data), "decoding train", cfg.resolution)  # uint8 (N, 3, R, R)
+    model = SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out)
+    if cfg.init_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(cfg.init_from) / "model.safetensors")))
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, t0, log = 0, time.time(), []
     while (frac := (time.time() - t0) / (60 * cfg.minutes)) < 1:
@@ -146,7 +153,7 @@ def train_ssl(cfg: SSLConfig) -> dict:
             print(json.dumps(log[-1]), flush=True)
     report = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "images_seen": step * cfg.batch_size}
     if cfg.test_data:
-        report["knn"] = knn_report(model, images, cfg)
+        report["knn"] = knn_report(model, images, labels, cfg)
     save_encoder(model, cfg, report)
     return report
 
@@ -176,30 +183,26 @@ def embed_uint8(fn, images, batch=500, bf16=True):
     return torch.cat(out)
 
 
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, t=0.07, num_classes=None):
-    """Weighted kNN top-1 (Wu et al. 2018): cosine similarity, votes weighted by exp(sim / t)."""
-    c = num_classes or int(train_labels.max()) + 1
-    tr, te = F.normalize(train_feats, dim=1), F.normalize(test_feats, dim=1)
-    correct = 0
-    for i in range(0, len(te), 1000):
-        sim, nn_idx = (te[i : i + 1000] @ tr.t()).topk(k, dim=1)  # (b, k)
-        votes = torch.zeros(len(sim), c).scatter_add_(1, train_labels[nn_idx], (sim / t).exp())
-        correct += (votes.argmax(1) == test_labels[i : i + 1000]).sum().item()
-    return correct / len(te)
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, t=0.07):
+    """Weighted kNN top-1 (Wu et al. 2018), see `rcdm.metrics.knn_predict`."""
+    from .metrics import knn_predict
+
+    return (knn_predict(train_feats, train_labels, test_feats, k, t) == test_labels).float().mean().item()
 
 
-def knn_report(model, train_images, cfg):
+def knn_report(model, train_images, train_labels, cfg):
     """kNN top-1 on the held-out split for backbone and projector, and for the same net with random weights."""
     from .data import decode_all, open_dataset
 
-    ds = open_dataset(cfg.data)
-    train_labels = torch.as_tensor(ds.labels)
     test_images, test_labels, _, _ = decode_all(open_dataset(cfg.test_data, "test"), "decoding test", cfg.resolution)
     out = {}
     for name, net in [("trained", model), ("random", SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out))]:
         net = net.eval().to(memory_format=torch.channels_last)
-        for layer, fn in [("backbone", net.backbone), ("projector", net)]:
-            acc = knn_accuracy(embed_uint8(fn, train_images), train_labels, embed_uint8(fn, test_images), test_labels)
+        train_b, test_b = embed_uint8(net.backbone, train_images), embed_uint8(net.backbone, test_images)
+        with torch.no_grad():  # the projector runs on the pooled backbone features: one pass over the images
+            feats = {"backbone": (train_b, test_b), "projector": (net.projector(train_b), net.projector(test_b))}
+        for layer, (tr, te) in feats.items():
+            acc = knn_accuracy(tr, train_labels, te, test_labels)
             out[f"{name}_{layer}"] = round(acc, 4)
             print(f"kNN top-1 {name} {layer}: {acc:.4f}", flush=True)
     return out

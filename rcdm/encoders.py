@@ -187,7 +187,7 @@ def resize_center_crop(x: torch.Tensor, size: int, crop: int) -> torch.Tensor:
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-    return x[..., top : top + crop, left : left + crop]
+    return x[..., top : top + crop, left : left + crop].contiguous()  # strided views make convs ~50x slower
 
 
 def _store_pooled(feats, name, module, inputs, output):

@@ -39,6 +39,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from rcdm.analysis import interpolate_embeddings
 from rcdm.cli import auto_device
 from rcdm.data import ImageError, open_image
 from rcdm.pipeline import DEFAULT_MODEL, PIPELINE_FILE, RCDMPipeline, pretrained_root, resolve_model_path
@@ -172,24 +173,6 @@ def _header_size(data: bytes) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def interpolate_embeddings(h0: torch.Tensor, h1: torch.Tensor, n: int, mode: str = "lerp") -> torch.Tensor:
-    """(D,), (D,) -> (n, D): n points from h0 to h1 over the whole path, t = 0 ... 1 (the reference only covered
-    0.5 to 0.7). "slerp" follows the great circle between the directions and lerps the norms.
-    TODO: move to rcdm.analysis once it exists."""
-    t = torch.linspace(0, 1, n, device=h0.device, dtype=h0.dtype)[:, None]  # (n, 1)
-    if mode == "lerp":
-        return (1 - t) * h0 + t * h1
-    if mode != "slerp":
-        raise ValueError(f"mode must be 'lerp' or 'slerp', got {mode!r}")
-    n0, n1 = h0.norm(), h1.norm()
-    u0, u1 = h0 / n0.clamp_min(1e-12), h1 / n1.clamp_min(1e-12)
-    omega = torch.arccos((u0 @ u1).clamp(-1, 1))
-    if omega < 1e-4:  # (nearly) parallel: the great circle degenerates to the chord
-        return (1 - t) * h0 + t * h1
-    u = (torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1) / torch.sin(omega)  # (n, D) unit vectors
-    return u * ((1 - t) * n0 + t * n1)
-
-
 def progress_callback(progress: gr.Progress, desc: str, part: int = 0, parts: int = 1):
     """A pipeline callback(step, total) that moves the page's progress bar; `part` of `parts` for multi-run jobs."""
     def callback(step, total):

@@ -2,7 +2,7 @@
 
 No SSL weights can be downloaded here, so the default models' encoder is trained with this recipe:
 
-    python -m rcdm.ssl --data cifar10_jpeg.npz --out pretrained/simclr-cifar10-r18w32 --minutes 40
+    rcdm pretrain --data cifar10_jpeg.npz --test-data cifar10_jpeg.npz:test --out DIR --minutes 40
 
 The result is a directory (config.json + model.safetensors) that the encoder registry loads as `file:DIR`.
 """
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import simclr_views
+from .config import add_dataclass_args, dataclass_from_args
 from .fsutil import fresh_tmp_dir, replace_dir
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -227,13 +228,18 @@ def save_encoder(model, cfg: SSLConfig, report: dict):
     replace_dir(tmp, cfg.out)
 
 
-def main(argv=None):
-    from .config import add_dataclass_args, dataclass_from_args
-
-    p = argparse.ArgumentParser(prog="rcdm pretrain", description="Train a small SimCLR encoder for CIFAR-sized images.")
+def add_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="train a small SimCLR encoder for CIFAR-sized images",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, SSLConfig)
-    report = train_ssl(dataclass_from_args(SSLConfig, p.parse_args(argv)))
-    print(json.dumps(report, indent=2))
+    p.set_defaults(func=lambda args: print(json.dumps(train_ssl(dataclass_from_args(SSLConfig, args)), indent=2)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m rcdm.ssl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, SSLConfig)
+    print(json.dumps(train_ssl(dataclass_from_args(SSLConfig, p.parse_args(argv))), indent=2))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class TrainConfig:
     """Everything a training run needs. Presets fill it; a YAML file and flags override fields."""
 
     data: str = field(default="", metadata={"help": "training images: file.npz[:split], image folder or torchvision:NAME:ROOT"})
-    cache: str = field(default="", metadata={"help": "embedding cache from `rcdm embed` for the same data"})
+    cache: str = field(default="", metadata={"help": "embedding cache from `rcdm embed` for the same data; several, "
+                                                     "comma-separated (one per encoder layer), train one RCDM each "
+                                                     "into output_dir/<layer>"})
     output_dir: str = field(default="runs/rcdm", metadata={"help": "checkpoints, logs, samples and the exported pipeline"})
     resolution: int = field(default=32, metadata={"help": "image resolution the UNet sees"})
     block_out_channels: tuple[int, ...] = field(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
@@ -461,8 +463,32 @@ def add_parser(sub) -> None:
 
 def cmd_train(args, command: str | None = None) -> None:
     cfg = load_config(args.preset, args.config, args)
-    out = train(cfg, command or shlex.join(["rcdm"] + sys.argv[1:]))
-    print(f"exported pipeline to {out}")
+    for run_cfg in per_layer_configs(cfg):
+        out = train(run_cfg, command or shlex.join(["rcdm"] + sys.argv[1:]))
+        print(f"exported pipeline to {out}")
+
+
+def per_layer_configs(cfg: TrainConfig) -> list[TrainConfig]:
+    """`--cache a.safetensors,b.safetensors` (one `rcdm embed --layer L` cache per layer of one encoder): one run
+    per cache, into output_dir/<layer>, for `rcdm analyze layers`. A single cache trains as before."""
+    caches = [c for c in cfg.cache.split(",") if c]
+    if len(caches) < 2:
+        return [cfg]
+    layers = [cache_layer(c).replace("+", "_") for c in caches]
+    if len(set(layers)) < len(layers):
+        raise ValueError(f"--cache: two caches are for the same layer ({layers}); give one cache per layer")
+    return [dataclasses.replace(cfg, cache=c, output_dir=str(Path(cfg.output_dir) / layer))
+            for c, layer in zip(caches, layers)]
+
+
+def cache_layer(path: str) -> str:
+    """The encoder layer an `rcdm embed` cache was made from, read from its metadata only."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"embedding cache {path} not found; create it with `rcdm embed`.")
+    with safe_open(path, "pt") as f:
+        return json.loads(f.metadata()["rcdm"])["encoder"]["layer"]
 
 
 def main(argv=None) -> int:

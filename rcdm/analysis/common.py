@@ -188,12 +188,14 @@ def labelled_grid(rows: list[list[Image.Image]], labels: list[str], title: str =
     upscale = upscale or max(1, 96 // tile)
     grid = image_grid(rows, pad=PAD, upscale=upscale)
     w, h = grid.size
-    fig = Figure(figsize=(w / 100 + 2.2, h / 100 + 0.4 + 0.16 * (title.count("\n") + 1)), dpi=100,
-                 layout="constrained")
+    lines = title.split("\n")
+    width = max(w / 100 + 2.2, 0.07 * max(len(line) for line in lines) + 0.4)  # about 0.07 in per 9 pt character
+    fig = Figure(figsize=(width, h / 100 + 0.4 + 0.16 * len(lines)), dpi=100, layout="constrained")
     ax = fig.subplots()
     ax.imshow(grid)
     ax.set_xticks([])
     ax.set_yticks([(PAD + i * (tile + PAD) + tile / 2) * upscale for i in range(len(rows))], labels, fontsize=8)
+    ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(title, fontsize=9)

@@ -73,8 +73,8 @@ def layers(pipes: Mapping, images, run=None) -> AnalysisResult:
               "mean_rank": m.numbers["rank"]["mean"], "top1_pct": m.numbers["rank"]["top1_pct"],
               "pixel_rms": m.numbers["diversity"]["pixel_rms"],
               "feature_cosine": m.numbers["diversity"]["feature_cosine"]} for name, m in res.items()]
-    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": asdict(run), "same_encoder": len(specs) == 1,
-               "table": table, "models": {name: m.numbers for name, m in res.items()}}
+    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": asdict(run),
+               "same_encoder": len(specs) == 1, "table": table, "models": {name: m.numbers for name, m in res.items()}}
     return AnalysisResult("layers", numbers, _layers_figure(res, run.samples_per_image))
 
 

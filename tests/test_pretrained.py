@@ -1,0 +1,48 @@
+"""The shipped CIFAR-10 models: they load with no flags, sample at the documented settings, and are faithful."""
+import json
+
+import pytest
+import torch
+
+from rcdm import RCDMPipeline, load_encoder
+from rcdm.evaluate import evaluate
+from rcdm.pipeline import pretrained_root
+
+ROOT = pretrained_root()
+MODELS = {"rcdm-cifar10-backbone": ("backbone", 256), "rcdm-cifar10-projector": ("projector", 128)}
+# Mean rank of 50 held-out test images with one DDIM-20 sample each; chance is 25.5. Thresholds sit well above
+# the values measured for the shipped weights (model cards), so that only a real regression fails.
+MAX_MEAN_RANK_50 = {"rcdm-cifar10-backbone": 8.0}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shipped_model_loads_and_samples(name):
+    pipe = RCDMPipeline.from_pretrained(name)
+    layer, dim = MODELS[name]
+    assert pipe.encoder.layer == layer and pipe.encoder.dim == dim and pipe.resolution == 32
+    pipe.set_progress_bar_config(disable=True)
+    imgs = sorted((ROOT / "examples").glob("*.png"))
+    assert len(imgs) >= 4, "pretrained/examples should ship a handful of CIFAR-10 test images"
+    out = pipe(images=[str(p) for p in imgs[:2]], num_samples=2, num_inference_steps=20,
+               generator=torch.Generator().manual_seed(0), output_type="pt")
+    x = out.images
+    assert x.shape == (4, 3, 32, 32) and x.std() > 0.05  # real images, not a flat colour
+
+
+def test_default_is_the_backbone_model():
+    assert RCDMPipeline.from_pretrained().encoder.layer == "backbone"
+
+
+@pytest.mark.parametrize("layer, dim", [("backbone", 256), ("projector", 128)])
+def test_encoder_spec_dims(layer, dim):
+    enc = load_encoder(f"file:{ROOT / 'simclr-cifar10-r18w32'}", layer)
+    assert enc.dim == dim
+    cfg = json.loads((ROOT / "simclr-cifar10-r18w32" / "config.json").read_text())
+    assert cfg["preprocess"]["size"] == 32
+
+
+@pytest.mark.parametrize("name", list(MAX_MEAN_RANK_50))
+def test_backbone_model_is_far_better_than_chance(name, cifar_npz):
+    pipe = RCDMPipeline.from_pretrained(name)
+    m = evaluate(pipe, f"{cifar_npz}:test", num_images=50, steps=20, scheduler="ddim", seed=0, progress=False)
+    assert m["rank"]["mean"] <= MAX_MEAN_RANK_50[name], m["rank"]

@@ -5,14 +5,16 @@ with no share link unless you pass `--share`. The tabs are:
 
 - Sample: samples from one image's embedding;
 - Compare: two models (for example backbone and projector) on the same image, side by side;
-- Interpolate: samples along the path between two images' embeddings, with the same noise at every point.
+- Interpolate: samples along the path between two images' embeddings, with the same noise at every point;
+- Invariance: samples from f(x) and from f(t(x)) for one augmentation t, and a score: does the representation
+  keep t (1) or discard it (0)?
 
 Scripting with gradio_client
 ----------------------------
-Every tab is also an API endpoint: `/sample`, `/compare` and `/interpolate`. A gallery comes back as a list of
-`{"image": path, "caption": str}` dicts, with the input as the model sees it first. The server checks the same
-limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 interpolation points, and uploads of
-at most 10 MB and 4096 x 4096 pixels.
+Every tab is also an API endpoint: `/sample`, `/compare`, `/interpolate` and `/invariance`. A gallery comes back
+as a list of `{"image": path, "caption": str}` dicts, with the input as the model sees it first. The server checks
+the same limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 interpolation points, one
+of the six augmentations, and uploads of at most 10 MB and 4096 x 4096 pixels.
 
     from gradio_client import Client, handle_file
 
@@ -24,6 +26,13 @@ at most 10 MB and 4096 x 4096 pixels.
                           api_name="/compare")             # one gallery per model, the same noise for both
     strip = client.predict(handle_file("cat.png"), handle_file("dog.png"), "rcdm-cifar10-backbone", 8, "lerp",
                            20, 1.0, 0, api_name="/interpolate")  # A, t = 0 ... 1, B
+    gallery, score, note = client.predict(handle_file("cat.png"), "rcdm-cifar10-backbone", "flip", 8, 20, 1.0, 0,
+                                          api_name="/invariance")  # x, 8 samples from f(x), t(x), 8 from f(t(x))
+
+The augmentations are those of `rcdm.analysis.AUGMENTATIONS` (flip, crop, hue, grayscale, rotation, blur) at the
+fixed strengths of `rcdm.analysis.AugmentParams`. The score is `rcdm.analysis.invariance` on this one image: 1 = the
+samples from f(t(x)) show t as much as t(x) does (the representation keeps t), 0 = they look like the samples from
+f(x) (it discards t); None when t barely changes the image, with the reason in `note`.
 
 `client.view_api()` lists the parameters of each endpoint.
 """
@@ -32,16 +41,21 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import tempfile
 import threading
+import uuid
 from pathlib import Path
 
 import gradio as gr
 import torch
 from PIL import Image
 
-from rcdm.analysis import interpolate_embeddings
+from rcdm.analysis import AUGMENTATIONS, AugmentParams, augment, encoder_view, interpolate_embeddings
+from rcdm.analysis import invariance as invariance_analysis
+from rcdm.analysis.common import at_resolution, to_pils
 from rcdm.cli import auto_device
 from rcdm.data import ImageError, open_image
+from rcdm.evaluate import Sampling
 from rcdm.pipeline import DEFAULT_MODEL, PIPELINE_FILE, RCDMPipeline, pretrained_root, resolve_model_path
 from rcdm.viz import thumbnail
 
@@ -54,6 +68,12 @@ MAX_POINTS = 16
 MAX_SEED = 2**32 - 1
 MAX_PIXELS = 4096 * 4096
 MAX_FILE_BYTES = 10 * 2**20
+
+AUGMENT_PARAMS = AugmentParams()  # the analysis' default strengths, for the score and the t(x) shown alike
+AUGMENT_LABELS = {"flip": "flip", "crop": "crop/scale", "hue": "hue jitter", "grayscale": "grayscale",
+                  "rotation": "rotation", "blur": "blur"}
+
+OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="rcdm-app-"))  # gallery PNGs; gradio copies them into its cache
 
 DEFAULT_CONCURRENCY = 1  # one sampling job at a time: a single job already uses every core (or the whole GPU)
 DEFAULT_MAX_QUEUE = 32
@@ -163,6 +183,12 @@ def load_upload(upload, label: str = "image") -> Image.Image:
         raise gr.Error(str(e)) from None
 
 
+def check_augmentation(name) -> str:
+    if not isinstance(name, str) or name not in AUGMENTATIONS:
+        raise gr.Error(f"Augmentation must be one of: {', '.join(AUGMENTATIONS)}; got {name!r}.")
+    return name
+
+
 def _header_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the image header alone; (0, 0) if this is no image (open_image then says why)."""
     try:
@@ -190,10 +216,65 @@ def run(models: ModelCache, name: str, progress_cb, seed: int, same_noise: int =
         return pipe(generator=gen, callback=progress_cb, **kwargs).images
 
 
+def as_files(items: list[tuple]) -> list[tuple]:
+    """(PIL, caption) -> (PNG path, caption), each path new. Gradio caches PIL outputs under their content hash
+    and rewrites that file on every request, so two concurrent requests with the same input made one client read a
+    half-rewritten file; files are copied into the cache only when absent, and never rewritten."""
+    out = []
+    for img, caption in items:
+        path = OUTPUT_DIR / f"{uuid.uuid4().hex}.png"
+        img.save(path)
+        out.append((str(path), caption))
+    return out
+
+
 def with_input(img: Image.Image, samples: list[Image.Image], label: str = "input") -> list[tuple]:
     """Gallery items: the input at the samples' resolution (what the model is asked to reproduce), then samples."""
     size = samples[0].size[0]
     return [(thumbnail(img, size), f"{label} (at {size}px)")] + [(s, f"sample {i + 1}") for i, s in enumerate(samples)]
+
+
+class Recorder:
+    """A pipeline as rcdm.analysis uses one (its sampling call, `.encoder`, `.resolution`) that keeps every batch of
+    samples drawn and moves the page's progress bar: the gallery shows the very samples the score was computed on."""
+
+    def __init__(self, pipe: RCDMPipeline, progress_cb):
+        self.pipe, self.encoder, self.resolution = pipe, pipe.encoder, pipe.resolution
+        self.progress_cb, self.batches = progress_cb, []
+
+    def __call__(self, **kwargs):
+        out = self.pipe(callback=self.progress_cb, **kwargs)
+        self.batches.append(out.images)  # (b*K, 3, R, R) in [0, 1]: the analysis asks for output_type="pt"
+        return out
+
+
+def invariance_gallery(img: Image.Image, aug: str, pipe: RCDMPipeline, samples: torch.Tensor) -> list[tuple]:
+    """Gallery items: x, its K samples, t(x), its K samples. x and t(x) are shown as the analysis makes them (the
+    encoder's view, then t), at the model's resolution. `samples`: (2K, 3, R, R), K from f(x), then K from f(t(x))."""
+    x = encoder_view([img], pipe.encoder)
+    x, tx = to_pils(at_resolution(torch.cat([x, augment(aug, x, AUGMENT_PARAMS)]), pipe.resolution))
+    pils = to_pils(samples)
+    k = len(pils) // 2
+    return ([(x, "x (as the encoder sees it)")] + [(im, f"from f(x) {i + 1}") for i, im in enumerate(pils[:k])]
+            + [(tx, f"t(x): {AUGMENT_LABELS.get(aug, aug)}")]
+            + [(im, f"from f(t(x)) {i + 1}") for i, im in enumerate(pils[k:])])
+
+
+def describe_augmentation(name: str, p: AugmentParams = AUGMENT_PARAMS) -> str:
+    return {"flip": "a horizontal flip", "crop": f"a centre crop of {p.crop_frac:.0%} of the side, scaled back up",
+            "hue": f"a hue rotation by {360 * p.hue_turns:g} degrees", "grayscale": "grayscale",
+            "rotation": f"a rotation by {p.rotation_deg:g} degrees",
+            "blur": f"a Gaussian blur (sigma {p.blur_sigma:.0%} of the side)"}.get(name, name)
+
+
+def invariance_note(name: str, score: float | None) -> str:
+    """One line that says what the score means for this augmentation."""
+    what = describe_augmentation(name)
+    if score is None:
+        return (f"No score: {what} barely changes this image (by the measure rcdm.analysis.invariance uses for it), "
+                "so there is nothing to keep or discard; try another image or augmentation.")
+    return (f"Score {score:.2f} for {what}: the samples from f(t(x)) show {score:.0%} of the change from x to t(x) "
+            "(1 = the representation keeps the augmentation, 0 = it discards it).")
 
 
 class Handlers:
@@ -208,7 +289,7 @@ class Handlers:
         k, s, g, seed = self._check(num_samples, steps, guidance, seed)
         out = run(self.models, model, progress_callback(progress, "sampling"), seed,
                   images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
-        return with_input(img, out)
+        return as_files(with_input(img, out))
 
     def compare(self, image, model_a, model_b, num_samples, steps, guidance, seed, progress=gr.Progress()):
         """The same image, seed and settings through two models; returns one gallery per model."""
@@ -218,7 +299,7 @@ class Handlers:
         for i, name in enumerate((model_a, model_b)):
             out = run(self.models, name, progress_callback(progress, name, i, 2), seed,
                       images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
-            galleries.append(with_input(img, out))
+            galleries.append(as_files(with_input(img, out)))
         return tuple(galleries)
 
     def interpolate(self, image_a, image_b, model, num_points, mode, steps, guidance, seed, progress=gr.Progress()):
@@ -235,8 +316,22 @@ class Handlers:
                   embeddings=path, num_samples=1, num_inference_steps=s, guidance_scale=g)
         size = out[0].size[0]
         ts = torch.linspace(0, 1, n).tolist()
-        return ([(thumbnail(imgs[0], size), "A (input)")] + [(o, f"t={t:.2f}") for o, t in zip(out, ts)]
-                + [(thumbnail(imgs[1], size), "B (input)")])
+        return as_files([(thumbnail(imgs[0], size), "A (input)")] + [(o, f"t={t:.2f}") for o, t in zip(out, ts)]
+                        + [(thumbnail(imgs[1], size), "B (input)")])
+
+    def invariance(self, image, model, augmentation, num_samples, steps, guidance, seed, progress=gr.Progress()):
+        """x and K samples from f(x), then t(x) and K samples from f(t(x)) (sample k of both rows from the same
+        noise), the score of rcdm.analysis.invariance on this one image (None if t barely changes it) and a note."""
+        img = load_upload(image)
+        aug = check_augmentation(augmentation)
+        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
+        pipe, lock = self.models.get(model)
+        rec = Recorder(pipe, progress_callback(progress, AUGMENT_LABELS.get(aug, aug)))
+        how = Sampling(samples_per_image=k, steps=s, scheduler=None, guidance=g, seed=seed, batch_size=2 * k)
+        with lock:
+            result = invariance_analysis({model: rec}, [img], [aug], AUGMENT_PARAMS, how)
+        score = result.numbers["models"][model]["scores"][aug]
+        return as_files(invariance_gallery(img, aug, pipe, torch.cat(rec.batches))), score, invariance_note(aug, score)
 
     @staticmethod
     def _check(num_samples, steps, guidance, seed):
@@ -256,12 +351,12 @@ def image_input(label: str = "Image", elem_id: str | None = None) -> gr.Image:
                     elem_id=elem_id, elem_classes=["rcdm-input"])
 
 
-def on_click(button: gr.Button, fn, inputs: list, outputs, api_name: str) -> None:
+def on_click(button: gr.Button, fn, inputs: list, outputs, api_name: str):
     """Wire a handler with `preprocess=False`: it receives the raw payloads (the uploaded file's path, the numbers
     as sent) and checks all of them itself. Gradio's own preprocessing would otherwise decode uploads and check
     ranges first, with generic messages that name the server's temporary files. Uploads still land in gradio's
     upload folder first; a client cannot point the handler at another file."""
-    button.click(fn, inputs, outputs, api_name=api_name, preprocess=False)
+    return button.click(fn, inputs, outputs, api_name=api_name, preprocess=False)
 
 
 def samples_slider() -> gr.Slider:
@@ -351,8 +446,36 @@ def pair_examples(image_a, image_b) -> None:
         gr.Examples(pairs, inputs=[image_a, image_b], label="Examples")
 
 
-# The analysis issue adds an Invariance tab here, as one more (title, builder) pair.
-TABS = [("Sample", sample_tab), ("Compare", compare_tab), ("Interpolate", interpolate_tab)]
+def invariance_tab(h: Handlers) -> None:
+    gr.Markdown("Encode x and an augmented t(x), and sample from both embeddings with the same noise. If the samples "
+                "from f(t(x)) show t, the representation keeps t; if they look like those from f(x), it discards "
+                "it. The score is `rcdm.analysis.invariance` on this one image: a rough reading from a few samples.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = image_input(elem_id="invariance-image")
+            add_examples(image)
+            model = model_dropdown(h.models.names)
+            aug = gr.Dropdown([(AUGMENT_LABELS.get(a, a), a) for a in AUGMENTATIONS], value=AUGMENTATIONS[0],
+                              label="Augmentation t", info="at the fixed strengths of rcdm.analysis.AugmentParams")
+            samples = samples_slider()
+            button = gr.Button("Test invariance", variant="primary", elem_id="invariance-run")
+            controls = advanced_controls()
+        with gr.Column(scale=2):
+            out = gallery("x, then samples from f(x); t(x), then samples from f(t(x)), the same noise in each column",
+                          columns=samples.value + 1, elem_id="invariance-gallery")
+            score = gr.Number(label="Score: 1 = t kept, 0 = t discarded", precision=3, interactive=False)
+            note = gr.Markdown()
+    event = on_click(button, h.invariance, [image, model, aug, samples, *controls], [out, score, note], "invariance")
+    # One row per condition: x or t(x), then its samples. UI only: API clients get the plain gallery.
+    event.success(gallery_columns, samples, out, queue=False, api_visibility="private")
+
+
+def gallery_columns(num_samples) -> gr.Gallery:
+    return gr.Gallery(columns=int(num_samples) + 1)
+
+
+TABS = [("Sample", sample_tab), ("Compare", compare_tab), ("Interpolate", interpolate_tab),
+        ("Invariance", invariance_tab)]
 
 
 def build_app(model_paths: list[str] | None = None, device: str | None = None) -> gr.Blocks:

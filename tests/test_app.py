@@ -1,5 +1,6 @@
 """The Gradio app, served in-process on a free port and driven through gradio_client: every endpoint, bad
 uploads, server-side limits and a burst of concurrent requests. Tiny models, 2 steps, 2 samples."""
+import re
 import socket
 import struct
 import time
@@ -7,8 +8,9 @@ import zlib
 
 import pytest
 import torch
+from PIL import Image
 
-gr = pytest.importorskip("gradio")
+import gradio as gr  # an install dependency: a missing gradio must fail, not skip
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -89,7 +91,7 @@ def test_interpolation_shares_noise_across_points(server, pngs):
     """From A to A every point has the same embedding, so with the same noise all samples must be identical."""
     h = app.Handlers(server.rcdm_models)
     strip = h.interpolate(pngs[0], pngs[0], "tiny-backbone", 3, "lerp", 2, 1.0, 7, progress=no_progress)
-    samples = [im.tobytes() for im, _ in strip[1:-1]]
+    samples = [Image.open(path).tobytes() for path, _ in strip[1:-1]]
     assert all(s == samples[0] for s in samples[1:])
     h0, h1 = torch.randn(2, 16).unbind()
     for mode in ("lerp", "slerp"):
@@ -143,6 +145,46 @@ def test_limits_are_checked_on_the_server(client, pngs, tmp_path):
         f.truncate(app.MAX_FILE_BYTES + 1)  # sparse: no disk, no time (gradio's upload route refuses it too)
     with pytest.raises(gr.Error, match="the limit is 10 MB"):
         app.load_upload(str(big))
+
+
+def test_invariance_endpoint(client, server, pngs, tmp_path):
+    """x, K samples from f(x), t(x), K from f(t(x)), and rcdm.analysis.invariance's score on the same samples."""
+    from PIL import Image
+
+    from rcdm.analysis import invariance
+    from rcdm.evaluate import Sampling
+
+    assert "/invariance" in client.view_api(return_format="dict")["named_endpoints"]
+    gallery, score, note = client.predict(handle_file(pngs[0]), "tiny-backbone", "flip", *TINY.values(),
+                                          api_name="/invariance")
+    assert gallery_sizes(gallery) == [(32, 32)] * 6
+    assert [g["caption"] for g in gallery] == ["x (as the encoder sees it)", "from f(x) 1", "from f(x) 2",
+                                               "t(x): flip", "from f(t(x)) 1", "from f(t(x)) 2"]
+    assert 0 <= score <= 1 and note.startswith(f"Score {score:.2f} for a horizontal flip")
+    pipe, lock = server.rcdm_models.get("tiny-backbone")
+    with lock:  # the analysis itself, on the same image, samples and noise, gives the same score
+        direct = invariance(pipe, [Image.open(pngs[0])], ["flip"], run=Sampling(2, 2, None, 1.0, 0))
+    assert score == pytest.approx(direct.numbers["models"]["model"]["scores"]["flip"], abs=1e-3)
+    assert app.gallery_columns(2).columns == 3  # the page lays the gallery out as one row per condition
+
+    gray = tmp_path / "gray.png"  # grayscale leaves a gray image as it is: no score, and a message that says why
+    Image.new("RGB", (40, 40), (128, 128, 128)).save(gray)
+    gallery, score, note = client.predict(handle_file(str(gray)), "tiny-projector", "grayscale", *TINY.values(),
+                                          api_name="/invariance")
+    assert len(gallery) == 6 and score is None and "nothing to keep or discard" in note
+
+
+def test_invariance_refuses_bad_requests(client, pngs, tmp_path):
+    a = handle_file(pngs[0])
+    with pytest.raises(AppError, match=re.escape("Augmentation must be one of: flip, crop, hue, grayscale, "
+                                                 "rotation, blur; got 'solarize'.")):
+        client.predict(a, "tiny-backbone", "solarize", *TINY.values(), api_name="/invariance")
+    with pytest.raises(AppError, match="Number of samples must be a whole number from 1 to 16"):
+        client.predict(a, "tiny-backbone", "flip", *{**TINY, "num_samples": 99}.values(), api_name="/invariance")
+    text = tmp_path / "text.png"
+    text.write_text("this is not an image\n")
+    with pytest.raises(AppError, match="not a readable image"):
+        client.predict(handle_file(str(text)), "tiny-backbone", "flip", *TINY.values(), api_name="/invariance")
 
 
 def test_twenty_concurrent_requests_complete(client, pngs):

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-pytest.importorskip("gradio")
-from conftest import REPO  # noqa: E402
-from rcdm.appcmd import load_app_module  # noqa: E402
-from rcdm.pipeline import DEFAULT_MODEL  # noqa: E402
+import gradio  # noqa: F401  (an install dependency: a missing gradio must fail, not skip)
+from conftest import REPO
+from rcdm.appcmd import load_app_module
+from rcdm.pipeline import DEFAULT_MODEL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UPDATE = os.environ.get("RCDM_UPDATE_SCREENSHOT") == "1"

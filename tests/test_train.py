@@ -187,3 +187,31 @@ def test_two_process_training_run(tmp_path, tiny_npz, cache_path):
     assert len(writers) == 1
     pipe = RCDMPipeline.from_pretrained(out / "pipeline")
     assert len(pipe(embeddings=torch.zeros(1, pipe.encoder.dim), num_inference_steps=2).images) == 1
+
+
+def test_config_layers_preset_yaml_flags(tmp_path):
+    """preset < YAML < flags, and unknown YAML keys are refused."""
+    from rcdm.train import _configure_parser, load_config
+    import argparse
+
+    (tmp_path / "c.yaml").write_text("lr: 0.0005\nbatch_size: 16\nblock_out_channels: [32, 64]\n")
+    p = argparse.ArgumentParser()
+    _configure_parser(p)
+    cfg = load_config("imagenet-128", str(tmp_path / "c.yaml"), p.parse_args(["--batch-size", "4"]))
+    assert (cfg.resolution, cfg.lr, cfg.batch_size, cfg.block_out_channels) == (128, 5e-4, 4, (32, 64))
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(None, str(tmp_path / "bad.yaml"), p.parse_args([]))
+
+
+def test_one_command_trains_one_model_per_layer(tmp_path, tiny_npz, tiny_encoder_dir, cache_path):
+    from rcdm.train import per_layer_configs
+
+    proj = tmp_path / "proj.safetensors"
+    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--layer", "projector", "--data",
+                     str(tiny_npz), "--out", str(proj)]) == 0
+    cfgs = per_layer_configs(_cfg(tiny_npz, f"{cache_path},{proj}", tmp_path / "layers"))
+    assert [Path(c.output_dir).name for c in cfgs] == ["backbone", "projector"]
+    assert [c.cache for c in cfgs] == [str(cache_path), str(proj)]
+    with pytest.raises(ValueError, match="same layer"):
+        per_layer_configs(_cfg(tiny_npz, f"{cache_path},{cache_path}", tmp_path / "x"))

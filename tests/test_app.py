@@ -14,7 +14,7 @@ import gradio as gr  # an install dependency: a missing gradio must fail, not sk
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from conftest import REPO, make_tiny_pipeline  # noqa: E402
+from conftest import make_tiny_pipeline  # noqa: E402
 from rcdm.appcmd import load_app_module  # noqa: E402
 from rcdm.cli import main as cli_main  # noqa: E402
 from rcdm.pipeline import DEFAULT_MODEL  # noqa: E402
@@ -206,8 +206,6 @@ def test_cli_refuses_missing_or_broken_models(capsys, tmp_path):
 
 
 def test_shipped_default_model_samples(cifar_test_images, tmp_path):
-    if not (REPO / "pretrained" / DEFAULT_MODEL / "rcdm_pipeline.json").is_file():
-        pytest.skip(f"pretrained/{DEFAULT_MODEL} is not shipped yet; this test runs once it is")
     demo = app.launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         assert demo.rcdm_models.names[0] == DEFAULT_MODEL

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data import ImageError, check_bad, open_dataset, pil_to_uint8
+from ..data import check_bad, open_dataset, pil_to_uint8
 from ..encoders import resize_center_crop
-from ..evaluate import Sampling, sample_batches, sampler_setup, to_uint8
+from ..evaluate import Sampling, _readable, sample_batches, sampler_setup, to_uint8
 
 FORMAT = "rcdm-analysis/1"
 PAD = 2  # pixels between grid tiles (rcdm.viz.image_grid)
@@ -89,16 +89,9 @@ def to_pils(x01: torch.Tensor) -> list[Image.Image]:
 
 def read_images(data: str, num_images: int, split: str = "test") -> tuple[list[torch.Tensor], torch.Tensor]:
     """The first `num_images` readable items of a data spec (rcdm.data.open_dataset): uint8 tensors, labels."""
-    ds, images, labels, bad = open_dataset(data, split), [], [], []
-    for i in range(len(ds)):
-        if len(images) == num_images:
-            break
-        try:
-            x, y = ds[i]
-        except ImageError as e:
-            bad.append((i, str(e)))
-            continue
-        images.append(x), labels.append(y)
+    bad = []
+    items = list(_readable(open_dataset(data, split), num_images, bad))  # one reader, shared with rcdm.evaluate
+    images, labels = [x for _, x, _ in items], [y for _, _, y in items]
     check_bad(bad, len(images) + len(bad), max_bad_frac=0.01)
     return images, torch.tensor(labels)
 

@@ -11,37 +11,43 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import time
 from pathlib import Path
 
 import torch
 
+from rcdm.cli import DTYPES, load_pipeline
 from rcdm.evaluate import evaluate
-from rcdm.pipeline import RCDMPipeline
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
-SAMPLERS = "ddpm:1000,ddpm:100,ddim:50,ddim:20,ddim:10,dpm++:20,dpm++:10,unipc:10"
-COLUMNS = ["sampler", "scheduler", "steps", "nfe", "num_images", "mean_rank", "median_rank", "top1_pct", "top5_pct",
+SAMPLERS = "ddpm:1000,ddpm:100,ddpm:50,ddim:50,ddim:20,ddim:10,dpm++:20,dpm++:10,unipc:10,ddpm:25:g2,ddim:25:g2"
+COLUMNS = ["sampler", "scheduler", "steps", "guidance", "nfe", "num_images", "mean_rank", "median_rank", "top1_pct", "top5_pct",
            "fd", "fd_real_halves", "sample_seconds", "ms_per_sample"]
 
 
-def parse_samplers(text: str) -> list[tuple[str, int]]:
-    """'ddim:50,dpm++:10' -> [('ddim', 50), ('dpm++', 10)]."""
+def parse_samplers(text: str) -> list[tuple[str, int, float]]:
+    """'ddim:50,dpm++:10,ddim:25:g2' -> [('ddim', 50, 1.0), ('dpm++', 10, 1.0), ('ddim', 25, 2.0)].
+
+    The optional third field gG is a classifier-free guidance scale; a guided step costs 2 NFE."""
     out = []
     for item in text.split(","):
-        name, _, steps = item.strip().rpartition(":")
-        if not name or not steps.isdigit():
-            raise ValueError(f"sampler {item!r}: expected NAME:STEPS, e.g. ddim:50")
-        out.append((name, int(steps)))
+        m = re.fullmatch(r"([\w+]+):(\d+)(?::g(\d+(?:\.\d*)?))?", item.strip())
+        if m is None:
+            raise ValueError(f"sampler {item!r}: expected NAME:STEPS or NAME:STEPS:gSCALE, e.g. ddim:50 or ddim:25:g2")
+        out.append((m[1], int(m[2]), float(m[3] or 1.0)))
     return out
 
 
-def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, seed: int, batch_size: int) -> dict:
+def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, guidance: float, seed: int,
+            batch_size: int) -> dict:
     """One CSV row: faithfulness, measured NFE and sampling wall time of one sampler."""
-    m = evaluate(pipe, data, num_images, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)
+    m = evaluate(pipe, data, num_images, steps=steps, scheduler=scheduler, guidance=guidance, seed=seed,
+                 batch_size=batch_size)
     r, t = m["rank"], m["timing"]["sample_seconds"]
-    return {"sampler": f"{scheduler}-{steps}", "scheduler": scheduler, "steps": steps, "nfe": m["sampling"]["nfe"],
+    label = f"{scheduler}-{steps}" + (f"-g{guidance:g}" if guidance != 1.0 else "")
+    return {"sampler": label, "scheduler": scheduler, "steps": steps, "guidance": guidance, "nfe": m["sampling"]["nfe"],
             "num_images": m["num_images"], "mean_rank": r["mean"], "median_rank": r["median"],
             "top1_pct": r["top1_pct"], "top5_pct": r["top5_pct"], "fd": m["fd"]["samples_vs_real"],
             "fd_real_halves": m["fd"]["real_half_vs_half"], "sample_seconds": t,
@@ -62,9 +68,10 @@ def plot(rows: list[dict], path, title: str) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, key, label in zip(fig.subplots(1, 2), ("mean_rank", "top1_pct"), ("mean rank (lower is better)",
                                                                               "top-1 % (higher is better)")):
-        for name in dict.fromkeys(r["scheduler"] for r in rows):  # one colour per sampler family, in run order
-            pts = [r for r in rows if r["scheduler"] == name]
-            ax.plot([r["nfe"] for r in pts], [r[key] for r in pts], "o-", label=name)
+        for name, g in dict.fromkeys((r["scheduler"], r["guidance"]) for r in rows):  # a colour per family, run order
+            pts = [r for r in rows if (r["scheduler"], r["guidance"]) == (name, g)]
+            ax.plot([r["nfe"] for r in pts], [r[key] for r in pts], "o-" if g == 1.0 else "s--",
+                    label=name if g == 1.0 else f"{name}, guidance {g:g}")
         for r in rows:
             ax.annotate(f"{r['steps']}", (r["nfe"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set(xscale="log", xlabel="NFE (UNet evaluations per sample)", ylabel=label)
@@ -85,20 +92,23 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (default: 64)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="denoiser precision; the encoder that scores the samples stays float32 (default: float32)")
     p.add_argument("--out-csv", default=str(HERE / "sampler_nfe.csv"), help="output CSV (default: beside this file)")
     p.add_argument("--out-png", default=str(HERE / "sampler_nfe.png"), help="output plot (default: beside this file)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     samplers = parse_samplers(args.samplers)
-    pipe = RCDMPipeline.from_pretrained(args.model, device=args.device)
+    pipe = load_pipeline(args.model, args.device, args.dtype)
     t0, rows = time.time(), []
-    for name, steps in samplers:
-        rows.append(measure(pipe, args.data, args.num_images, name, steps, args.seed, args.batch_size))
+    for name, steps, guidance in samplers:
+        rows.append(measure(pipe, args.data, args.num_images, name, steps, guidance, args.seed, args.batch_size))
+        write_csv(rows, args.out_csv)  # after every sampler: a long run that dies keeps what it measured
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
               flush=True)
-    write_csv(rows, args.out_csv)
-    plot(rows, args.out_png, f"{args.model or 'default model'}: {rows[0]['num_images']} test images, seed {args.seed}")
+    plot(rows, args.out_png, f"{args.model or 'default model'} ({args.dtype}): {rows[0]['num_images']} test images, "
+                             f"seed {args.seed}")
     print(f"wrote {args.out_csv} and {args.out_png} in {time.time() - t0:.1f} s")
 
 

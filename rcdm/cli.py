@@ -27,17 +27,40 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="sampler (default: the one recorded in the model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    add_dtype_arg(p)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="denoiser precision while sampling; the encoder stays float32. bfloat16 is about 2x faster "
+                        "on recent CPUs and GPUs; float16 needs a GPU (default: float32)")
+
+
+def load_pipeline(model, device: str, dtype: str = "float32", scheduler: str | None = None):
+    """The pipeline for a CLI command: resolved device, denoiser cast to `dtype` (checked before loading)."""
+    import torch
+
+    from .pipeline import RCDMPipeline
+
+    device = auto_device(device)
+    if dtype == "float16" and torch.device(device).type == "cpu":
+        raise ValueError("--dtype float16 needs a GPU (CPU float16 kernels are slow or missing); "
+                         "use --dtype bfloat16 on the CPU")
+    pipe = RCDMPipeline.from_pretrained(model, device=device, scheduler=scheduler)
+    return pipe.to(dtype=getattr(torch, dtype)) if dtype != "float32" else pipe
 
 
 def cmd_sample(args) -> None:
     import torch
 
     from .data import open_image
-    from .pipeline import RCDMPipeline
     from .viz import image_grid, sample_rows
 
     inputs = [open_image(p) for p in args.image]  # fail on a bad file before loading any model
-    pipe = RCDMPipeline.from_pretrained(args.model, device=auto_device(args.device), scheduler=args.scheduler)
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.scheduler)
     g = torch.Generator(pipe.device).manual_seed(args.seed)
     out = pipe(images=inputs, num_samples=args.num_samples, num_inference_steps=args.steps,
                guidance_scale=args.guidance, generator=g)

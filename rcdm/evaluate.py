@@ -340,6 +340,8 @@ def save_summary(path, metrics: dict, thumbs: torch.Tensor, examples: list[torch
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_parser(sub) -> None:
+    from .cli import add_dtype_arg
+
     p = sub.add_parser("evaluate", help="measure how faithfully samples reproduce their representation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
@@ -369,6 +371,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="samples per sampler call; affects memory and speed, not results (default: 64)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    add_dtype_arg(p)
     p.add_argument("--out", default="metrics.json", help="output JSON (default: metrics.json)")
     p.add_argument("--summary-png", default=None,
                    help="also write a PNG: rank histogram and example rows of input + samples (default: none)")
@@ -376,13 +379,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .cli import auto_device
+    from .cli import load_pipeline
     from .encoders import load_encoder
-    from .pipeline import RCDMPipeline
 
-    device = auto_device(args.device)
-    pipe = RCDMPipeline.from_pretrained(args.model, device=device)
-    judge = load_encoder(args.judge, args.judge_layer, device=device) if args.judge else None
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    judge = load_encoder(args.judge, args.judge_layer, device=pipe.device) if args.judge else None
     metrics = evaluate(pipe, args.data, args.num_images, args.samples_per_image, args.steps, args.scheduler,
                        args.guidance, args.seed, judge, args.train_data, args.batch_size,
                        inception_weights=args.inception_weights, summary_png=args.summary_png)

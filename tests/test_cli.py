@@ -50,3 +50,24 @@ def test_sample_bad_image_is_one_clear_line(tiny_pipeline_dir, tmp_path, capsys)
     code = main(["sample", "--image", str(bad), "--model", str(tiny_pipeline_dir), "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
     assert code == 2 and "bad.jpg" in err and "Traceback" not in err
+
+
+def test_load_pipeline_casts_only_the_denoiser(tiny_pipeline_dir):
+    import torch
+
+    from rcdm.cli import load_pipeline
+
+    pipe = load_pipeline(str(tiny_pipeline_dir), "cpu", "bfloat16")
+    assert pipe.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in pipe.encoder.parameters())  # embeddings stay float32
+    out = pipe(embeddings=torch.randn(2, pipe.unet.config.embedding_dim), num_inference_steps=2, output_type="pt")
+    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+
+
+def test_sample_float16_on_cpu_is_refused_with_the_fix(tiny_pipeline_dir, cifar_test_images, tmp_path, capsys):
+    path = tmp_path / "in.png"
+    cifar_test_images[0][0].save(path)
+    code = main(["sample", "--image", str(path), "--model", str(tiny_pipeline_dir), "--dtype", "float16",
+                 "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bfloat16" in err and not (tmp_path / "g.png").exists()

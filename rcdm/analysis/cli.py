@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cli import add_dtype_arg
+
 SCHEDULERS = ["ddpm", "ddim", "dpm++", "unipc"]  # rcdm.schedulers.SCHEDULERS, without importing diffusers
 
 
@@ -38,6 +40,7 @@ def _sampling_flags(p, num_samples: int) -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="samples per sampler call; memory and speed only, not results (default: 64)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)")
+    add_dtype_arg(p)
 
 
 def _output_flags(p, kind: str) -> None:
@@ -52,16 +55,10 @@ def _run(args):
     return Sampling(args.num_samples, args.steps, args.scheduler, args.guidance, args.seed, args.batch_size)
 
 
-def _device(args) -> str:
-    from ..cli import auto_device
-
-    return auto_device(args.device)
-
-
 def _pipe(name, args):
-    from ..pipeline import RCDMPipeline
+    from ..cli import load_pipeline
 
-    return RCDMPipeline.from_pretrained(name, device=_device(args))
+    return load_pipeline(name, args.device, args.dtype)
 
 
 def _pipes(args) -> dict:

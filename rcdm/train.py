@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -281,18 +282,57 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
     losses, t0, stop = [], time.time(), False
     batches = _batches(dl, step * cfg.grad_accum, acc)
-    while step < cfg.max_steps and not stop:
-        loss = train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step)
-        ema.step(acc.unwrap_model(unet).parameters())  # once per optimizer step, i.e. only when grads synced
-        step += 1
-        losses.append(loss)
-        bar.update(1)
-        stop = cfg.max_minutes > 0 and (time.time() - t0) / 60 >= cfg.max_minutes
-        _periodic(acc, cfg, ckpt, ema, unet, cache, step, losses, bar, lr_sched, force_ckpt=stop or step == cfg.max_steps)
+    with StopRequest() as request:
+        while step < cfg.max_steps and not stop:
+            loss = train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step)
+            ema.step(acc.unwrap_model(unet).parameters())  # once per optimizer step, i.e. only when grads synced
+            step += 1
+            losses.append(loss)
+            bar.update(1)
+            time_up = cfg.max_minutes > 0 and (time.time() - t0) / 60 >= cfg.max_minutes
+            stop = any_rank(acc, time_up or request.signal is not None)
+            _periodic(acc, cfg, ckpt, ema, unet, cache, step, losses, bar, lr_sched,
+                      force_ckpt=stop or step == cfg.max_steps)
     bar.close()
     out = export(acc, cfg, unet, ema, cache, step, command)
     acc.end_training()
     return out
+
+
+class StopRequest:
+    """SIGINT / SIGTERM (Ctrl-C, `kill`, SLURM preemption) stop the loop after the current step with a checkpoint
+    and an export, instead of losing everything since the last periodic checkpoint. A second signal aborts at once
+    (checkpoints are written to a temporary directory and renamed, so an abort never corrupts one)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread (e.g. called from a UI worker): keep the default behaviour
+            self._previous = {}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without a final checkpoint")
+        self.signal = signal.Signals(signum).name
+        print(f"\nreceived {self.signal}: finishing this step, then a checkpoint and the export "
+              "(send it again to abort)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def any_rank(acc, flag: bool) -> bool:
+    """True on every process if it is true on any: ranks must agree to stop at the same step, or the next
+    collective (gradient all-reduce, checkpoint barrier) would hang. Clocks and signals differ per process."""
+    if acc.num_processes == 1:
+        return flag
+    return acc.gather(torch.tensor([float(flag)], device=acc.device)).max().item() > 0
 
 
 def train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step) -> float:

@@ -143,6 +143,23 @@ def test_sigkill_during_checkpoint_keeps_previous(tmp_path, tiny_npz, cache_path
     assert _losses(out)[-1] > 0 and RCDMPipeline.from_pretrained(resumed).training_info["steps"] == 3
 
 
+def test_sigterm_stops_with_checkpoint_and_export(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "rcdm.cli", "train", "--data", str(tiny_npz), "--cache", str(cache_path),
+           "--output-dir", str(out), "--max-steps", "100000", "--checkpoint-every", "100000", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not ((out / "losses.jsonl").is_file() and len(_losses(out)) >= 2):
+        assert time.time() < deadline and proc.poll() is None, "training never logged two steps"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "received SIGTERM" in proc.stderr.read()
+    steps = RCDMPipeline.from_pretrained(out / "pipeline").training_info["steps"]
+    assert steps >= 2 and (out / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").is_file()
+
+
 SHARD_SCRIPT = """
 import sys, torch
 from accelerate import Accelerator

@@ -56,7 +56,8 @@ from rcdm.analysis.common import at_resolution, to_pils
 from rcdm.cli import auto_device
 from rcdm.data import ImageError, open_image
 from rcdm.evaluate import Sampling
-from rcdm.pipeline import DEFAULT_MODEL, PIPELINE_FILE, RCDMPipeline, pretrained_root, resolve_model_path
+from rcdm.pipeline import (DEFAULT_MODEL, DEFAULT_SAMPLING, PIPELINE_FILE, RCDMPipeline, pretrained_root,
+                           recorded_sampling, resolve_model_path)
 from rcdm.viz import thumbnail
 
 # Server-side limits. The widgets show the same ranges, but every handler checks them again: API clients do not
@@ -121,6 +122,11 @@ class ModelCache:
     @property
     def names(self) -> list[str]:
         return list(self.paths)
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """The first model's recorded steps and guidance (read from its directory, weights not loaded)."""
+        return recorded_sampling(next(iter(self.paths.values()))) if self.paths else dict(DEFAULT_SAMPLING)
 
     def get(self, name) -> tuple[RCDMPipeline, threading.Lock]:
         """The pipeline for a model name, and the lock to hold while sampling with it. The lock is needed because
@@ -363,14 +369,15 @@ def samples_slider() -> gr.Slider:
     return gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Number of samples")
 
 
-def advanced_controls() -> list[gr.components.Component]:
-    """Steps, guidance and seed, folded away: the defaults are fine for a first look. The widget ranges are the
-    server's limits."""
+def advanced_controls(defaults: dict) -> list[gr.components.Component]:
+    """Steps, guidance and seed, folded away: the defaults (the first model's recorded choice) are fine for a first
+    look. The widget ranges are the server's limits."""
     with gr.Accordion("Steps, guidance, seed", open=False):
         return [
-            gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", info="sampler steps; more is slower and cleaner"),
-            gr.Slider(*GUIDANCE_RANGE, value=1.0, step=0.5, label="Guidance",
-                      info="1 = conditional only; above 1 sharpens, for models trained with condition dropout"),
+            gr.Slider(1, MAX_STEPS, value=min(defaults["num_inference_steps"], MAX_STEPS), step=1, label="Steps",
+                      info="sampler steps; more is slower and cleaner"),
+            gr.Slider(*GUIDANCE_RANGE, value=defaults["guidance_scale"], step=0.5, label="Guidance",
+                      info="1 = conditional only; above 1 samples agree more with the representation but vary less"),
             gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                       info="the same seed gives the same samples"),
         ]
@@ -399,7 +406,7 @@ def sample_tab(h: Handlers) -> None:
             add_examples(image)
             model, samples = model_dropdown(h.models.names), samples_slider()
             button = gr.Button("Generate", variant="primary", elem_id="sample-generate")
-            controls = advanced_controls()
+            controls = advanced_controls(h.models.sampling_defaults)
         with gr.Column(scale=2):
             out = gallery("Input, then samples from its embedding", elem_id="sample-gallery")
     on_click(button, h.sample, [image, model, samples, *controls], out, "sample")
@@ -413,7 +420,7 @@ def compare_tab(h: Handlers) -> None:
         with gr.Column(scale=1):
             samples = samples_slider()
             button = gr.Button("Compare", variant="primary", elem_id="compare-run")
-            controls = advanced_controls()
+            controls = advanced_controls(h.models.sampling_defaults)
     with gr.Row():
         with gr.Column():
             model_a = model_dropdown(h.models.names, "Model A", 0)
@@ -432,7 +439,7 @@ def interpolate_tab(h: Handlers) -> None:
             points = gr.Slider(2, MAX_POINTS, value=8, step=1, label="Points", info="t = 0 ... 1, ends included")
             mode = gr.Radio(["lerp", "slerp"], value="lerp", label="Path")
             button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-run")
-            controls = advanced_controls()
+            controls = advanced_controls(h.models.sampling_defaults)
     out = gallery("A, samples along the path (the same noise at every point), B", columns=MAX_POINTS // 2 + 2)
     pair_examples(image_a, image_b)  # below the strip: the examples table is tall
     on_click(button, h.interpolate, [image_a, image_b, model, points, mode, *controls], out, "interpolate")
@@ -459,7 +466,7 @@ def invariance_tab(h: Handlers) -> None:
                               label="Augmentation t", info="at the fixed strengths of rcdm.analysis.AugmentParams")
             samples = samples_slider()
             button = gr.Button("Test invariance", variant="primary", elem_id="invariance-run")
-            controls = advanced_controls()
+            controls = advanced_controls(h.models.sampling_defaults)
         with gr.Column(scale=2):
             out = gallery("x, then samples from f(x); t(x), then samples from f(t(x)), the same noise in each column",
                           columns=samples.value + 1, elem_id="invariance-gallery")

@@ -20,9 +20,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="pipeline directory or shipped model name (default: the shipped CIFAR-10 backbone model)")
     p.add_argument("--num-samples", type=int, default=4, help="samples per input image (default: 4)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale; 1 = conditional only (default: 1.0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's recorded choice; 20 if it records none)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; 1 = conditional only. Above 1 samples agree more with "
+                        "the representation but vary less (default: the model's recorded choice; 1 if none)")
     p.add_argument("--scheduler", default=None, choices=["ddpm", "ddim", "dpm++", "unipc"],
                    help="sampler (default: the one recorded in the model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -57,6 +59,7 @@ def cmd_sample(args) -> None:
     import torch
 
     from .data import open_image
+    from .schedulers import scheduler_name
     from .viz import image_grid, sample_rows
 
     inputs = [open_image(p) for p in args.image]  # fail on a bad file before loading any model
@@ -66,7 +69,10 @@ def cmd_sample(args) -> None:
                guidance_scale=args.guidance, generator=g)
     grid = image_grid(sample_rows(inputs, out.images, args.num_samples), upscale=args.upscale)
     grid.save(args.out)
-    print(f"wrote {args.out}: {len(inputs)} row(s) of input + {args.num_samples} samples")
+    steps = args.steps or pipe.sampling_defaults["num_inference_steps"]
+    guidance = pipe.sampling_defaults["guidance_scale"] if args.guidance is None else args.guidance
+    print(f"wrote {args.out}: {len(inputs)} row(s) of input + {args.num_samples} samples "
+          f"({scheduler_name(pipe.scheduler)}, {steps} steps, guidance {guidance:g})")
 
 
 def _sample_parser(sub) -> None:

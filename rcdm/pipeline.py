@@ -28,6 +28,9 @@ from .schedulers import DEFAULT_SCHEDULER, make_scheduler, scheduler_name
 PIPELINE_FILE = "rcdm_pipeline.json"
 FORMAT = "rcdm-pipeline/1"
 DEFAULT_MODEL = "rcdm-cifar10-backbone"
+# Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling"), chosen by
+# measuring fidelity per NFE (benchmarks/sampler_nfe.py).
+DEFAULT_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 1.0}
 
 
 def pretrained_root() -> Path:
@@ -71,6 +74,7 @@ class RCDMPipeline(DiffusionPipeline):
             )
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
         self.training_info: dict = {}
+        self.sampling_defaults: dict = dict(DEFAULT_SAMPLING)
 
     @property
     def device(self) -> torch.device:
@@ -111,6 +115,7 @@ class RCDMPipeline(DiffusionPipeline):
                                load_scheduler_config(path / "scheduler"))
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
+        pipe.sampling_defaults.update(_checked_sampling(meta.get("sampling", {}), path))
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
@@ -123,7 +128,8 @@ class RCDMPipeline(DiffusionPipeline):
         self.scheduler.save_pretrained(tmp / "scheduler")
         meta = {"format": FORMAT, "encoder": self.encoder.config(), "resolution": self.resolution,
                 "pixel_range": [-1.0, 1.0], "prediction_type": self.unet.config.prediction_type,
-                "scheduler": scheduler_name(self.scheduler), "training": training or self.training_info}
+                "scheduler": scheduler_name(self.scheduler), "sampling": self.sampling_defaults,
+                "training": training or self.training_info}
         (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
         replace_dir(tmp, out)
 
@@ -134,15 +140,20 @@ class RCDMPipeline(DiffusionPipeline):
         return self.encoder.encode(images, batch_size=batch_size).to(self.device)
 
     @torch.no_grad()
-    def __call__(self, images=None, embeddings=None, num_samples: int = 1, num_inference_steps: int = 20,
-                 guidance_scale: float = 1.0, generator=None, output_type: str = "pil", return_dict: bool = True,
-                 callback=None):
+    def __call__(self, images=None, embeddings=None, num_samples: int = 1, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, generator=None, output_type: str = "pil",
+                 return_dict: bool = True, callback=None):
         """Sample `num_samples` images for each input image or embedding.
 
+        `num_inference_steps` and `guidance_scale` default to the model's recorded choice (`sampling_defaults`).
         All inputs x samples go through the UNet together, one call per step; with `guidance_scale != 1` the
         conditional and null-conditioned halves share that call too. `callback(step, num_steps)` is called
         after every step (for progress bars in UIs).
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.sampling_defaults["num_inference_steps"]
+        if guidance_scale is None:
+            guidance_scale = self.sampling_defaults["guidance_scale"]
         h = self._conditioning(images, embeddings)  # (B, D)
         _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type)
         h = h.repeat_interleave(num_samples, dim=0)  # (B*S, D), input-major
@@ -200,6 +211,26 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+
+
+def recorded_sampling(name_or_path=None) -> dict:
+    """A model's sampling defaults (steps, guidance) without loading its weights, e.g. for UI widgets."""
+    path = resolve_model_path(name_or_path)
+    meta = json.loads((path / PIPELINE_FILE).read_text())
+    return {**DEFAULT_SAMPLING, **_checked_sampling(meta.get("sampling", {}), path)}
+
+
+def _checked_sampling(recorded: dict, where) -> dict:
+    """The model's recorded sampling defaults, refused early if they could not run."""
+    unknown = set(recorded) - set(DEFAULT_SAMPLING)
+    if unknown:
+        raise ValueError(f"{where}: unknown sampling defaults {sorted(unknown)}; known: {sorted(DEFAULT_SAMPLING)}")
+    merged = {**DEFAULT_SAMPLING, **recorded}
+    try:
+        _check_sampling_args(1, merged["num_inference_steps"], merged["guidance_scale"], "pil")
+    except ValueError as e:
+        raise ValueError(f"{where}: bad sampling defaults in {PIPELINE_FILE}: {e}") from None
+    return recorded
 
 
 def _postprocess(x, output_type):

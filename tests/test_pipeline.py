@@ -104,6 +104,34 @@ def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):
     assert calls == [24] * 5  # 3 inputs x 4 samples x (cond + null)
 
 
+def test_recorded_sampling_defaults_travel_with_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from rcdm.pipeline import recorded_sampling
+
+    p = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
+    p.sampling_defaults = {"num_inference_steps": 3, "guidance_scale": 2.0}
+    p.save_pretrained(tmp_path / "m")
+    q = RCDMPipeline.from_pretrained(tmp_path / "m")
+    assert recorded_sampling(tmp_path / "m") == q.sampling_defaults == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    calls = []
+    orig = q.unet.forward
+    monkeypatch.setattr(q.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or orig(x, *a, **k))
+    q(embeddings=torch.randn(1, q.encoder.dim))  # no steps, no guidance: the recorded ones
+    q(embeddings=torch.randn(1, q.encoder.dim), num_inference_steps=2, guidance_scale=1.0)  # explicit ones win
+    assert calls == [2, 2, 2, 1, 1]
+
+
+def test_bad_recorded_sampling_defaults_are_refused_at_load(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_pipeline_dir, tmp_path / "m")
+    meta_path = tmp_path / "m" / "rcdm_pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    for bad, match in (({"num_inference_steps": 0}, "num_inference_steps"), ({"eta": 1.0}, "unknown")):
+        meta_path.write_text(json.dumps({**meta, "sampling": bad}))
+        with pytest.raises(ValueError, match=match):
+            RCDMPipeline.from_pretrained(tmp_path / "m")
+
+
 # ------------------------------------------------------------------ bad input
 def test_wrong_embedding_dim_names_sizes(pipe):
     with pytest.raises(ValueError, match=rf"\(B, {pipe.encoder.dim}\).*\(2, 7\)"):

@@ -14,6 +14,16 @@ def fresh_tmp_dir(out: str | Path) -> Path:
     return tmp
 
 
+def keep_foreign_files(old: str | Path, new: str | Path, owned: set[str]) -> None:
+    """Copy the entries of directory `old` that the writer does not own into `new`, before `new` replaces it."""
+    old = Path(old)
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name not in owned:
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, Path(new) / entry.name)
+
+
 def replace_dir(tmp: str | Path, out: str | Path) -> None:
     """Swap `tmp` into `out`. The old directory is deleted only after the new one is in place, so a crash at
     any point leaves either the old or the new directory complete under one of the two names."""

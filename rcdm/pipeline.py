@@ -21,7 +21,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .fsutil import fresh_tmp_dir, replace_dir
+from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .model import RCDMUNet
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler, scheduler_name
 
@@ -120,9 +120,11 @@ class RCDMPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
         """Write unet/ (safetensors + config), scheduler/ and rcdm_pipeline.json atomically: a temporary
-        directory that is renamed into place, so a crash never leaves a half-written model."""
+        directory that is renamed into place, so a crash never leaves a half-written model. Saving over an
+        existing model keeps the files the pipeline does not own (a model card, sample grids)."""
         out = Path(save_directory)
         tmp = fresh_tmp_dir(out)
+        keep_foreign_files(out, tmp, owned={"unet", "scheduler", PIPELINE_FILE})
         unet = self.unet if dtype is None else _copy_to_dtype(self.unet, dtype)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(tmp / "scheduler")

@@ -120,6 +120,19 @@ def test_recorded_sampling_defaults_travel_with_the_model(tiny_pipeline_dir, tmp
     assert calls == [2, 2, 2, 1, 1]
 
 
+def test_saving_over_a_model_keeps_its_card_and_replaces_the_weights(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "README.md").write_text("my model card")
+    (tmp_path / "m" / "unet" / "stale.bin").write_bytes(b"old")
+    pipe.save_pretrained(tmp_path / "m", dtype=torch.float16)
+    assert (tmp_path / "m" / "README.md").read_text() == "my model card"
+    assert not (tmp_path / "m" / "unet" / "stale.bin").exists()  # owned by the pipeline: replaced whole
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float16}  # the new weights, not the old fp32 ones
+
+
 def test_bad_recorded_sampling_defaults_are_refused_at_load(tiny_pipeline_dir, tmp_path):
     import shutil
 

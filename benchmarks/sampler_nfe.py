@@ -76,8 +76,11 @@ def plot(rows: list[dict], path, title: str) -> None:
             ax.annotate(f"{r['steps']}", (r["nfe"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set(xscale="log", xlabel="NFE (UNet evaluations per sample)", ylabel=label)
         ax.legend()
-    fig.axes[0].axhline((rows[0]["num_images"] + 1) / 2, color="gray", ls="--", lw=1, label="chance")
-    fig.axes[0].legend()
+    chance = (rows[0]["num_images"] + 1) / 2
+    if chance < 3 * max(r["mean_rank"] for r in rows):  # a line far above every point would only squash them
+        fig.axes[0].axhline(chance, color="gray", ls="--", lw=1, label="chance")
+        fig.axes[0].legend()
+    fig.axes[0].set_ylabel(f"mean rank (lower is better; chance {chance:g})")
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
 

@@ -69,8 +69,7 @@ def cmd_sample(args) -> None:
                guidance_scale=args.guidance, generator=g)
     grid = image_grid(sample_rows(inputs, out.images, args.num_samples), upscale=args.upscale)
     grid.save(args.out)
-    steps = args.steps or pipe.sampling_defaults["num_inference_steps"]
-    guidance = pipe.sampling_defaults["guidance_scale"] if args.guidance is None else args.guidance
+    steps, guidance = pipe.resolve_sampling(args.steps, args.guidance)
     print(f"wrote {args.out}: {len(inputs)} row(s) of input + {args.num_samples} samples "
           f"({scheduler_name(pipe.scheduler)}, {steps} steps, guidance {guidance:g})")
 

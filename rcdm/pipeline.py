@@ -115,7 +115,7 @@ class RCDMPipeline(DiffusionPipeline):
                                load_scheduler_config(path / "scheduler"))
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
-        pipe.sampling_defaults.update(_checked_sampling(meta.get("sampling", {}), path))
+        pipe.sampling_defaults = _checked_sampling(meta.get("sampling", {}), path)
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
@@ -152,16 +152,19 @@ class RCDMPipeline(DiffusionPipeline):
         conditional and null-conditioned halves share that call too. `callback(step, num_steps)` is called
         after every step (for progress bars in UIs).
         """
-        if num_inference_steps is None:
-            num_inference_steps = self.sampling_defaults["num_inference_steps"]
-        if guidance_scale is None:
-            guidance_scale = self.sampling_defaults["guidance_scale"]
+        num_inference_steps, guidance_scale = self.resolve_sampling(num_inference_steps, guidance_scale)
         h = self._conditioning(images, embeddings)  # (B, D)
         _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type)
         h = h.repeat_interleave(num_samples, dim=0)  # (B*S, D), input-major
         x = self._sample(h, num_inference_steps, guidance_scale, generator, callback)  # (B*S, 3, R, R) in [-1, 1]
         out = _postprocess(x, output_type)
         return RCDMPipelineOutput(images=out, embeddings=h[::num_samples]) if return_dict else (out,)
+
+    def resolve_sampling(self, num_inference_steps=None, guidance_scale=None) -> tuple[int, float]:
+        """The steps and guidance a call will use: the given ones, else the model's recorded defaults."""
+        d = self.sampling_defaults
+        return (d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+                d["guidance_scale"] if guidance_scale is None else guidance_scale)
 
     # ------------------------------------------------------------------------------------------------ internals
     def _conditioning(self, images, embeddings) -> torch.Tensor:
@@ -218,12 +221,11 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
 def recorded_sampling(name_or_path=None) -> dict:
     """A model's sampling defaults (steps, guidance) without loading its weights, e.g. for UI widgets."""
     path = resolve_model_path(name_or_path)
-    meta = json.loads((path / PIPELINE_FILE).read_text())
-    return {**DEFAULT_SAMPLING, **_checked_sampling(meta.get("sampling", {}), path)}
+    return _checked_sampling(json.loads((path / PIPELINE_FILE).read_text()).get("sampling", {}), path)
 
 
 def _checked_sampling(recorded: dict, where) -> dict:
-    """The model's recorded sampling defaults, refused early if they could not run."""
+    """DEFAULT_SAMPLING overridden by a model's recorded values, refused early if they could not run."""
     unknown = set(recorded) - set(DEFAULT_SAMPLING)
     if unknown:
         raise ValueError(f"{where}: unknown sampling defaults {sorted(unknown)}; known: {sorted(DEFAULT_SAMPLING)}")
@@ -232,7 +234,7 @@ def _checked_sampling(recorded: dict, where) -> dict:
         _check_sampling_args(1, merged["num_inference_steps"], merged["guidance_scale"], "pil")
     except ValueError as e:
         raise ValueError(f"{where}: bad sampling defaults in {PIPELINE_FILE}: {e}") from None
-    return recorded
+    return merged
 
 
 def _postprocess(x, output_type):

@@ -435,10 +435,30 @@ def export(acc, cfg, unet, ema, cache, step, command: str) -> Path:
         pipe.encoder.spec = relocate_spec(pipe.encoder.spec, out)
         info = {"command": command, "steps": step, "config": dataclasses.asdict(cfg),
                 "cache": {k: cache.meta[k] for k in ("data", "fingerprint", "views", "num_bad")}}
+        info.update(lineage(init_training_info(cfg), command, step))
         pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)
         write_model_card(out, info, cache)
     acc.wait_for_everyone()
     return out
+
+
+def init_training_info(cfg: TrainConfig) -> dict:
+    """The `training` record of the --init-from model ({} for a run from scratch)."""
+    if not cfg.init_from:
+        return {}
+    from .pipeline import resolve_model_path
+
+    meta = json.loads((resolve_model_path(cfg.init_from) / "rcdm_pipeline.json").read_text())
+    return meta.get("training") or {}
+
+
+def lineage(prev: dict, command: str, steps: int) -> dict:
+    """Every run a model descends from via --init-from, oldest first, and their total steps.
+
+    `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
+    history = list(prev.get("history") or ([{"command": prev["command"], "steps": prev["steps"]}] if "steps" in prev else []))
+    history.append({"command": command, "steps": steps})
+    return {"history": history, "total_steps": sum(h["steps"] for h in history)}
 
 
 def relocate_spec(spec: str, out_dir: Path) -> str:
@@ -450,10 +470,12 @@ def relocate_spec(spec: str, out_dir: Path) -> str:
 
 def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:
     enc = cache.meta["encoder"]
+    runs = "\n".join(f"# {h['steps']} steps\n{h['command']}" for h in info["history"])
+    chain = ", each continuing the previous one's weights (`--init-from`)" if len(info["history"]) > 1 else ""
     text = (f"# RCDM on `{enc['spec']}` ({enc['layer']}, {enc['dim']}-d)\n\n"
-            f"Trained for {info['steps']} optimizer steps on `{cache.meta['data']}` "
-            f"({len(cache.indices)} images x {len(VIEWS)} views).\n\n"
-            f"```\n{info['command']}\n```\n\nFull config: `rcdm_pipeline.json` -> `training`.\n")
+            f"Trained for {info['total_steps']} optimizer steps in {len(info['history'])} run(s) on "
+            f"`{cache.meta['data']}` ({len(cache.indices)} images x {len(VIEWS)} views){chain}:\n\n```\n{runs}\n```\n\n"
+            f"Full config: `rcdm_pipeline.json` -> `training`.\n")
     (out / "README.md").write_text(text)
 
 

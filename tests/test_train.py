@@ -91,6 +91,23 @@ def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):
     assert "cmd" in (out / "README.md").read_text() and pipe.training_info["steps"] == 2
 
 
+def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tiny_npz, cache_path):
+    """A stint (--init-from) starts from the model's weights, not a fresh init, and the export counts all stints."""
+    first = train(_cfg(tiny_npz, cache_path, tmp_path / "s1", max_steps=2), "stint 1")
+    # lr 0: the weights cannot move, so the export must equal the init weights exactly (EMA restarts from them)
+    second = train(_cfg(tiny_npz, cache_path, tmp_path / "s2", max_steps=3, lr=0.0, init_from=str(first)), "stint 2")
+    a, b = (load_file(str(p / "unet" / "diffusion_pytorch_model.safetensors")) for p in (first, second))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    third = train(_cfg(tiny_npz, cache_path, tmp_path / "s3", max_steps=1, init_from=str(second)), "stint 3")
+    info = RCDMPipeline.from_pretrained(third).training_info
+    assert info["steps"] == 1 and info["total_steps"] == 6
+    assert [(h["command"], h["steps"]) for h in info["history"]] == [("stint 1", 2), ("stint 2", 3), ("stint 3", 1)]
+    card = (third / "README.md").read_text()
+    assert "6 optimizer steps in 3 run(s)" in card and "stint 1" in card and "stint 3" in card
+    with pytest.raises(ValueError, match="either --resume"):
+        train(_cfg(tiny_npz, cache_path, tmp_path / "s4", max_steps=1, init_from=str(first), resume="latest"))
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_npz, cache_path, monkeypatch):
     import rcdm.train as T
 

@@ -50,3 +50,12 @@ def test_shipped_model_is_far_better_than_chance_at_its_defaults(name, cifar_npz
     m = evaluate(pipe, f"{cifar_npz}:test", num_images=50, steps=d["num_inference_steps"], scheduler=None,
                  guidance=d["guidance_scale"], seed=0, progress=False)
     assert m["rank"]["mean"] <= MAX_MEAN_RANK_50[name], m["rank"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_card_states_the_recorded_training(name):
+    """The card's stint table ends at the total the model records, so a new stint cannot ship with a stale card."""
+    info = RCDMPipeline.from_pretrained(name).training_info
+    assert info["total_steps"] == sum(h["steps"] for h in info["history"])
+    card = (ROOT / name / "README.md").read_text()
+    assert f"= {info['total_steps']:,} |" in card, f"{name}/README.md: stint table should end at {info['total_steps']:,}"

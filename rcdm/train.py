@@ -456,7 +456,10 @@ def lineage(prev: dict, command: str, steps: int) -> dict:
     """Every run a model descends from via --init-from, oldest first, and their total steps.
 
     `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
-    history = list(prev.get("history") or ([{"command": prev["command"], "steps": prev["steps"]}] if "steps" in prev else []))
+    if "history" in prev:
+        history = list(prev["history"])
+    else:  # a model exported before histories were recorded, or none at all
+        history = [{"command": prev["command"], "steps": prev["steps"]}] if "steps" in prev else []
     history.append({"command": command, "steps": steps})
     return {"history": history, "total_steps": sum(h["steps"] for h in history)}
 

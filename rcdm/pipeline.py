@@ -102,9 +102,7 @@ class RCDMPipeline(DiffusionPipeline):
         from .encoders import load_encoder
 
         path = resolve_model_path(name_or_path)
-        meta = json.loads((path / PIPELINE_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
+        meta = read_meta(path)
         unet = RCDMUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
         enc_cfg = meta["encoder"]
         if encoder is None:
@@ -218,10 +216,19 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
 
 
+def read_meta(name_or_path=None) -> dict:
+    """A model's rcdm_pipeline.json (encoder, sampling, training record) without loading its weights."""
+    path = resolve_model_path(name_or_path)
+    meta = json.loads((path / PIPELINE_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
+    return meta
+
+
 def recorded_sampling(name_or_path=None) -> dict:
     """A model's sampling defaults (steps, guidance) without loading its weights, e.g. for UI widgets."""
     path = resolve_model_path(name_or_path)
-    return _checked_sampling(json.loads((path / PIPELINE_FILE).read_text()).get("sampling", {}), path)
+    return _checked_sampling(read_meta(path).get("sampling", {}), path)
 
 
 def _checked_sampling(recorded: dict, where) -> dict:

@@ -446,10 +446,9 @@ def init_training_info(cfg: TrainConfig) -> dict:
     """The `training` record of the --init-from model ({} for a run from scratch)."""
     if not cfg.init_from:
         return {}
-    from .pipeline import resolve_model_path
+    from .pipeline import read_meta
 
-    meta = json.loads((resolve_model_path(cfg.init_from) / "rcdm_pipeline.json").read_text())
-    return meta.get("training") or {}
+    return read_meta(cfg.init_from).get("training") or {}
 
 
 def lineage(prev: dict, command: str, steps: int) -> dict:

@@ -435,7 +435,7 @@ def export(acc, cfg, unet, ema, cache, step, command: str) -> Path:
         pipe.encoder.spec = relocate_spec(pipe.encoder.spec, out)
         info = {"command": command, "steps": step, "config": dataclasses.asdict(cfg),
                 "cache": {k: cache.meta[k] for k in ("data", "fingerprint", "views", "num_bad")}}
-        info.update(lineage(init_training_info(cfg), command, step))
+        info["history"] = lineage(init_training_info(cfg), command, step)
         pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)
         write_model_card(out, info, cache)
     acc.wait_for_everyone()
@@ -451,8 +451,8 @@ def init_training_info(cfg: TrainConfig) -> dict:
     return read_meta(cfg.init_from).get("training") or {}
 
 
-def lineage(prev: dict, command: str, steps: int) -> dict:
-    """Every run a model descends from via --init-from, oldest first, and their total steps.
+def lineage(prev: dict, command: str, steps: int) -> list[dict]:
+    """Every run ({command, steps}) a model descends from via --init-from, oldest first, this one last.
 
     `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
     if "history" in prev:
@@ -460,7 +460,7 @@ def lineage(prev: dict, command: str, steps: int) -> dict:
     else:  # a model exported before histories were recorded, or none at all
         history = [{"command": prev["command"], "steps": prev["steps"]}] if "steps" in prev else []
     history.append({"command": command, "steps": steps})
-    return {"history": history, "total_steps": sum(h["steps"] for h in history)}
+    return history
 
 
 def relocate_spec(spec: str, out_dir: Path) -> str:
@@ -472,10 +472,11 @@ def relocate_spec(spec: str, out_dir: Path) -> str:
 
 def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:
     enc = cache.meta["encoder"]
+    total = sum(h["steps"] for h in info["history"])
     runs = "\n".join(f"# {h['steps']} steps\n{h['command']}" for h in info["history"])
     chain = ", each continuing the previous one's weights (`--init-from`)" if len(info["history"]) > 1 else ""
     text = (f"# RCDM on `{enc['spec']}` ({enc['layer']}, {enc['dim']}-d)\n\n"
-            f"Trained for {info['total_steps']} optimizer steps in {len(info['history'])} run(s) on "
+            f"Trained for {total} optimizer steps in {len(info['history'])} run(s) on "
             f"`{cache.meta['data']}` ({len(cache.indices)} images x {len(VIEWS)} views){chain}:\n\n```\n{runs}\n```\n\n"
             f"Full config: `rcdm_pipeline.json` -> `training`.\n")
     (out / "README.md").write_text(text)

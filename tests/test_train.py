@@ -100,7 +100,7 @@ def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     third = train(_cfg(tiny_npz, cache_path, tmp_path / "s3", max_steps=1, init_from=str(second)), "stint 3")
     info = RCDMPipeline.from_pretrained(third).training_info
-    assert info["steps"] == 1 and info["total_steps"] == 6
+    assert info["steps"] == 1
     assert [(h["command"], h["steps"]) for h in info["history"]] == [("stint 1", 2), ("stint 2", 3), ("stint 3", 1)]
     card = (third / "README.md").read_text()
     assert "6 optimizer steps in 3 run(s)" in card and "stint 1" in card and "stint 3" in card

@@ -57,6 +57,9 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=200, metadata={"help": "linear LR warmup (optimizer steps)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "LR after the warmup: constant, or decayed to 0 at --max-steps (cosine, linear); a decay suits a "
+                "final stint whose step count is known", "choices": ["constant", "cosine", "linear"]})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
     max_minutes: float = field(default=0.0, metadata={"help": "also stop (with a checkpoint) after this wall time (0 = off)"})
@@ -253,7 +256,6 @@ class Checkpointer:
 # -------------------------------------------------------------------------------------------------- loop
 def train(cfg: TrainConfig, command: str = "") -> Path:
     """Run the training loop; returns the exported pipeline directory."""
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -270,7 +272,7 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
         unet = unet.to(memory_format=torch.channels_last)
     noise_scheduler = training_scheduler(unet.config.prediction_type, cfg.beta_schedule)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps * acc.num_processes)
+    lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
     dl = make_dataloader(cfg, cache)
     unet, opt, dl, lr_sched = acc.prepare(unet, opt, dl, lr_sched)
     ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
@@ -483,6 +485,18 @@ def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- config/CLI
+def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
+    """Warmup, then constant or decayed to 0 at `max_steps`.
+
+    Steps are counted per process because Accelerate's prepared scheduler steps once per process per optimizer step.
+    """
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps * num_processes,
+                         num_training_steps=cfg.max_steps * num_processes)
+
+
 def _validate(cfg: TrainConfig):
     if not cfg.data or not cfg.cache:
         raise ValueError("--data and --cache are required (make the cache with `rcdm embed`)")

@@ -16,7 +16,7 @@ from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
-from rcdm.train import TrainConfig, train
+from rcdm.train import TrainConfig, make_lr_schedule, train
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
         "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--warmup-steps", "2"]
@@ -80,6 +80,27 @@ def test_exact_resume(tmp_path, tiny_npz, cache_path):
     opt_a = load_file(str(tmp_path / "full/checkpoints/checkpoint-6/model.safetensors"))
     opt_b = load_file(str(tmp_path / "part/checkpoints/checkpoint-6/model.safetensors"))
     assert all(torch.allclose(opt_a[k], opt_b[k], atol=1e-6, rtol=0) for k in opt_a)
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_cosine_lr_warms_up_then_reaches_zero_at_max_steps(num_processes):
+    """Accelerate steps a prepared scheduler once per process per optimizer step; the decay must still end at 0."""
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    sched = make_lr_schedule(opt, TrainConfig(lr_schedule="cosine", warmup_steps=10, max_steps=100), num_processes)
+    lrs = []
+    for _ in range(100):
+        opt.step()
+        for _ in range(num_processes):
+            sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[9] == pytest.approx(1e-3) and lrs[54] == pytest.approx(5e-4, rel=0.01) and lrs[-1] == pytest.approx(0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_training_logs_the_decayed_lr(tmp_path, tiny_npz, cache_path):
+    train(_cfg(tiny_npz, cache_path, tmp_path / "run", max_steps=4, lr_schedule="linear"), "t")
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
 
 
 def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):

@@ -337,6 +337,18 @@ def any_rank(acc, flag: bool) -> bool:
     return acc.gather(torch.tensor([float(flag)], device=acc.device)).max().item() > 0
 
 
+def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
+    """Warmup, then constant or decayed to 0 at `max_steps`.
+
+    Steps are counted per process because Accelerate's prepared scheduler steps once per process per optimizer step.
+    """
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps * num_processes,
+                         num_training_steps=cfg.max_steps * num_processes)
+
+
 def train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step) -> float:
     """One optimizer step over `grad_accum` micro-batches. Returns the mean loss across processes."""
     total = 0.0
@@ -485,18 +497,6 @@ def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- config/CLI
-def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
-    """Warmup, then constant or decayed to 0 at `max_steps`.
-
-    Steps are counted per process because Accelerate's prepared scheduler steps once per process per optimizer step.
-    """
-    from diffusers.optimization import get_scheduler
-
-    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
-    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps * num_processes,
-                         num_training_steps=cfg.max_steps * num_processes)
-
-
 def _validate(cfg: TrainConfig):
     if not cfg.data or not cfg.cache:
         raise ValueError("--data and --cache are required (make the cache with `rcdm embed`)")

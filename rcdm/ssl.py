@@ -110,6 +110,8 @@ class SSLConfig:
     weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
     temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
     minutes: float = field(default=40.0, metadata={"help": "wall-clock budget; the cosine schedule is fit to it"})
+    max_steps: int = field(default=0, metadata={"help": "step budget (0 = none); with both budgets the schedule "
+                                                        "follows whichever runs out first"})
     warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup steps"})
     resolution: int = field(default=32, metadata={"help": "training resolution"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = torch default)"})
@@ -118,6 +120,9 @@ class SSLConfig:
     test_data: str = field(default="", metadata={"help": "held-out split for the kNN report (e.g. file.npz:test)"})
     init_from: str = field(default="", metadata={"help": "encoder directory to continue from (a new stint: fresh "
                                                          "optimizer, re-warmed schedule)"})
+    save_dtype: str = field(default="float32", metadata={"help": "dtype of the saved weights (float16 halves the "
+                                                                 "file; it is loaded back into float32)",
+                                                         "choices": ["float32", "float16"]})
 
 
 def _normalize(x01):
@@ -142,21 +147,27 @@ def train_ssl(cfg: SSLConfig) -> dict:
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, t0, log = 0, time.time(), []
-    while (frac := (time.time() - t0) / (60 * cfg.minutes)) < 1:
-        # Cosine schedule over wall-clock time, not steps: a shared CPU makes step rates unpredictable.
+    while (frac := _progress(step, time.time() - t0, cfg)) < 1:
+        # Cosine schedule over wall-clock time by default: a shared CPU makes step rates unpredictable.
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
         loss = _ssl_step(model, opt, images, cfg)
         step += 1
         if step % 50 == 0:
-            log.append({"step": step, "loss": round(loss, 4), "min": round(frac * cfg.minutes, 2)})
+            log.append({"step": step, "loss": round(loss, 4), "min": round((time.time() - t0) / 60, 2)})
             print(json.dumps(log[-1]), flush=True)
     report = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "images_seen": step * cfg.batch_size}
     if cfg.test_data:
         report["knn"] = knn_report(model, images, labels, cfg)
     save_encoder(model, cfg, report)
     return report
+
+
+def _progress(step: int, seconds: float, cfg: SSLConfig) -> float:
+    """Fraction of the budget used: the larger of wall-clock and (if set) step progress."""
+    frac = seconds / (60 * cfg.minutes)
+    return max(frac, step / cfg.max_steps) if cfg.max_steps else frac
 
 
 def _ssl_step(model, opt, images, cfg):
@@ -210,11 +221,16 @@ def knn_report(model, train_images, train_labels, cfg):
 
 
 def save_encoder(model, cfg: SSLConfig, report: dict):
-    """Write config.json + model.safetensors atomically (temporary directory, then rename)."""
+    """Write config.json + model.safetensors atomically (temporary directory, then rename).
+
+    A stint (`init_from`) appends its record to the stints of the encoder it continues, so the saved config keeps
+    the whole recipe rather than only the last run."""
     from safetensors.torch import save_file
 
+    dtype = getattr(torch, cfg.save_dtype)
     tmp = fresh_tmp_dir(cfg.out)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     config = {
         "arch": "cifar_resnet18",
@@ -222,10 +238,18 @@ def save_encoder(model, cfg: SSLConfig, report: dict):
         "projector_dims": [model.backbone.dim, cfg.proj_hidden, cfg.proj_out],
         "preprocess": {"size": cfg.resolution, "crop": cfg.resolution, "mean": CIFAR_MEAN, "std": CIFAR_STD,
                        "pixel_range": [0, 1]},
-        "training": {"objective": "simclr", **asdict(cfg), **report},
+        "training": {"stints": _previous_stints(cfg.init_from) + [{"objective": "simclr", **asdict(cfg), **report}],
+                     "weights_dtype": cfg.save_dtype},
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     replace_dir(tmp, cfg.out)
+
+
+def _previous_stints(init_from: str) -> list[dict]:
+    if not init_from or not (path := Path(init_from) / "config.json").exists():
+        return []
+    training = json.loads(path.read_text()).get("training", {})
+    return list(training.get("stints", [training] if training else []))
 
 
 def add_parser(sub) -> None:

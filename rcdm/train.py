@@ -234,9 +234,10 @@ class Checkpointer:
         from safetensors.torch import load_file
 
         path = self._resolve(which)
+        state = json.loads((path / "trainer_state.json").read_text())
+        _check_resumed_schedule(state.get("config", {}), self.cfg, path)
         self.acc.load_state(str(path))
         shadow = load_file(str(path / "ema.safetensors"))
-        state = json.loads((path / "trainer_state.json").read_text())
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(shadow[str(i)])
         ema.optimization_step = state["ema_optimization_step"]
@@ -251,6 +252,18 @@ class Checkpointer:
         if not found:
             raise FileNotFoundError(f"--resume latest: no checkpoint under {self.root}")
         return found[-1]
+
+
+def _check_resumed_schedule(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """A decaying LR is fit to --max-steps, and Accelerate restores only the scheduler's step count: resuming under
+    another schedule or budget would make the LR jump at the resume point instead of continuing the curve."""
+    was = {"lr_schedule": saved.get("lr_schedule", "constant"), "max_steps": saved.get("max_steps", cfg.max_steps)}
+    if was["lr_schedule"] == cfg.lr_schedule == "constant":
+        return  # a constant LR has no curve to break: extending --max-steps is how a run is lengthened
+    changed = [f"--{k.replace('_', '-')} {was[k]} -> {getattr(cfg, k)}" for k in was if was[k] != getattr(cfg, k)]
+    if changed:
+        raise ValueError(f"--resume {path}: {', '.join(changed)} would change the LR schedule mid-run. Resume with "
+                         f"the checkpoint's settings, or start a new stint from its weights with --init-from.")
 
 
 # -------------------------------------------------------------------------------------------------- loop

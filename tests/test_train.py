@@ -103,6 +103,16 @@ def test_training_logs_the_decayed_lr(tmp_path, tiny_npz, cache_path):
     assert lrs == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
 
 
+def test_resume_refuses_to_bend_a_decaying_schedule(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_npz, cache_path, out, max_steps=2, checkpoint_every=2, lr_schedule="cosine"), "t")
+    for change in (dict(max_steps=4), dict(lr_schedule="constant")):
+        kw = {"max_steps": 2, "lr_schedule": "cosine", **change}
+        with pytest.raises(ValueError, match="would change the LR schedule.*--init-from"):
+            train(_cfg(tiny_npz, cache_path, out, checkpoint_every=2, resume="latest", **kw), "t")
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+
+
 def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):
     out = train(_cfg(tiny_npz, cache_path, tmp_path / "run", max_steps=2, sample_every=2, sample_steps=2), "cmd")
     pipe = RCDMPipeline.from_pretrained(out)

@@ -58,3 +58,13 @@ def test_card_states_the_recorded_training(name):
     total = sum(h["steps"] for h in read_meta(name)["training"]["history"])
     card = (ROOT / name / "README.md").read_text()
     assert f"= {total:,} |" in card, f"{name}/README.md: stint table should end at {total:,}"
+
+
+def test_encoder_card_states_the_recorded_knn():
+    """The encoder card quotes the kNN top-1 its last stint recorded, which meets the 60% backbone goal."""
+    stints = json.loads((ROOT / "simclr-cifar10-r18w32" / "config.json").read_text())["training"]["stints"]
+    card = (ROOT / "simclr-cifar10-r18w32" / "README.md").read_text()
+    knn = stints[-1]["knn"]
+    for layer in ("backbone", "projector"):
+        assert f"{100 * knn[f'trained_{layer}']:.2f}%" in card, f"encoder card: stale kNN for the {layer}"
+    assert knn["trained_backbone"] >= 0.60

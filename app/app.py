@@ -50,14 +50,13 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from rcdm.analysis import AUGMENTATIONS, AugmentParams, augment, encoder_view, interpolate_embeddings
+from rcdm import RCDMPipeline, Sampling, sample
+from rcdm.analysis import AUGMENTATIONS, AugmentParams, at_resolution, augment, encoder_view, interpolate_embeddings
 from rcdm.analysis import invariance as invariance_analysis
-from rcdm.analysis.common import at_resolution, to_pils
-from rcdm.cli import auto_device
 from rcdm.data import ImageError, open_image
-from rcdm.evaluate import Sampling
-from rcdm.pipeline import (DEFAULT_MODEL, DEFAULT_SAMPLING, PIPELINE_FILE, RCDMPipeline, pretrained_root,
-                           recorded_sampling, resolve_model_path)
+from rcdm.flags import auto_device
+from rcdm.images import to_pil
+from rcdm.pipeline import DEFAULT_SAMPLING, pretrained_root, recorded_sampling, resolve_model_path, shipped_models
 from rcdm.viz import thumbnail
 
 # Server-side limits. The widgets show the same ranges, but every handler checks them again: API clients do not
@@ -92,13 +91,6 @@ it has thrown away ([Bordes et al. 2022](https://arxiv.org/abs/2112.09164))."""
 
 
 # ------------------------------------------------------------------------------------------------ models
-def shipped_models() -> list[Path]:
-    """The model directories shipped in `pretrained/` (those holding an rcdm_pipeline.json), default first."""
-    root = pretrained_root()
-    found = sorted(d for d in root.glob("*") if (d / PIPELINE_FILE).is_file()) if root.is_dir() else []
-    return sorted(found, key=lambda d: d.name != DEFAULT_MODEL)
-
-
 def model_names(paths: list[Path]) -> dict[str, Path]:
     """Display name -> directory. Names are directory names, made unique with their parent when they clash."""
     names: dict[str, Path] = {}
@@ -212,14 +204,16 @@ def progress_callback(progress: gr.Progress, desc: str, part: int = 0, parts: in
     return callback
 
 
-def run(models: ModelCache, name: str, progress_cb, seed: int, same_noise: int = 0, **kwargs) -> list[Image.Image]:
-    """Sample with model `name` under its lock. `same_noise=n` gives each of the n inputs the same noise (one
-    generator per batch row, all seeded alike), so only the conditioning differs between them."""
+def run(models: ModelCache, name: str, progress_cb, how: Sampling, images=None, embeddings=None,
+        same_noise: bool = False) -> list[Image.Image]:
+    """Sample with model `name` under its lock, seeded as everywhere in rcdm (rcdm.sampling): sample k of input i
+    from (seed, i, k), so the app shows what `rcdm sample` and the analyses draw. `same_noise` gives every input
+    the noise of input 0, so only the conditioning differs between them."""
     pipe, lock = models.get(name)
     with lock:
-        gen = [torch.Generator(pipe.device).manual_seed(seed) for _ in range(same_noise)] if same_noise \
-            else torch.Generator(pipe.device).manual_seed(seed)
-        return pipe(generator=gen, callback=progress_cb, **kwargs).images
+        h = pipe.encode(images) if embeddings is None else embeddings
+        keys = [0] * len(h) if same_noise else None
+        return to_pil(sample(pipe, h, keys, how, callback=progress_cb))
 
 
 def as_files(items: list[tuple]) -> list[tuple]:
@@ -246,9 +240,10 @@ class Recorder:
 
     def __init__(self, pipe: RCDMPipeline, progress_cb):
         self.pipe, self.encoder, self.resolution = pipe, pipe.encoder, pipe.resolution
+        self.scheduler, self.sampling_defaults = pipe.scheduler, pipe.sampling_defaults  # what `Sampling` resolves
         self.progress_cb, self.batches = progress_cb, []
 
-    def __call__(self, **kwargs):
+    def __call__(self, callback=None, **kwargs):
         out = self.pipe(callback=self.progress_cb, **kwargs)
         self.batches.append(out.images)  # (b*K, 3, R, R) in [0, 1]: the analysis asks for output_type="pt"
         return out
@@ -258,8 +253,8 @@ def invariance_gallery(img: Image.Image, aug: str, pipe: RCDMPipeline, samples: 
     """Gallery items: x, its K samples, t(x), its K samples. x and t(x) are shown as the analysis makes them (the
     encoder's view, then t), at the model's resolution. `samples`: (2K, 3, R, R), K from f(x), then K from f(t(x))."""
     x = encoder_view([img], pipe.encoder)
-    x, tx = to_pils(at_resolution(torch.cat([x, augment(aug, x, AUGMENT_PARAMS)]), pipe.resolution))
-    pils = to_pils(samples)
+    x, tx = to_pil(at_resolution(torch.cat([x, augment(aug, x, AUGMENT_PARAMS)]), pipe.resolution))
+    pils = to_pil(samples)
     k = len(pils) // 2
     return ([(x, "x (as the encoder sees it)")] + [(im, f"from f(x) {i + 1}") for i, im in enumerate(pils[:k])]
             + [(tx, f"t(x): {AUGMENT_LABELS.get(aug, aug)}")]
@@ -292,19 +287,17 @@ class Handlers:
     def sample(self, image, model, num_samples, steps, guidance, seed, progress=gr.Progress()):
         """`num_samples` images from the embedding of `image`; returns the input first, then the samples."""
         img = load_upload(image)
-        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
-        out = run(self.models, model, progress_callback(progress, "sampling"), seed,
-                  images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
+        how = self._check(num_samples, steps, guidance, seed)
+        out = run(self.models, model, progress_callback(progress, "sampling"), how, images=[img])
         return as_files(with_input(img, out))
 
     def compare(self, image, model_a, model_b, num_samples, steps, guidance, seed, progress=gr.Progress()):
         """The same image, seed and settings through two models; returns one gallery per model."""
         img = load_upload(image)
-        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
+        how = self._check(num_samples, steps, guidance, seed)
         galleries = []
         for i, name in enumerate((model_a, model_b)):
-            out = run(self.models, name, progress_callback(progress, name, i, 2), seed,
-                      images=[img], num_samples=k, num_inference_steps=s, guidance_scale=g)
+            out = run(self.models, name, progress_callback(progress, name, i, 2), how, images=[img])
             galleries.append(as_files(with_input(img, out)))
         return tuple(galleries)
 
@@ -314,12 +307,12 @@ class Handlers:
         n = check_int("Points", num_points, 2, MAX_POINTS)
         if mode not in ("lerp", "slerp"):
             raise gr.Error(f"Path must be 'lerp' or 'slerp'; got {mode!r}.")
-        _, s, g, seed = self._check(1, steps, guidance, seed)
+        how = self._check(1, steps, guidance, seed)
         pipe, _ = self.models.get(model)
         h = pipe.encode(imgs)  # (2, D)
         path = interpolate_embeddings(h[0], h[1], n, mode)  # (n, D)
-        out = run(self.models, model, progress_callback(progress, "interpolating"), seed, same_noise=n,
-                  embeddings=path, num_samples=1, num_inference_steps=s, guidance_scale=g)
+        out = run(self.models, model, progress_callback(progress, "interpolating"), how, embeddings=path,
+                  same_noise=True)
         size = out[0].size[0]
         ts = torch.linspace(0, 1, n).tolist()
         return as_files([(thumbnail(imgs[0], size), "A (input)")] + [(o, f"t={t:.2f}") for o, t in zip(out, ts)]
@@ -330,19 +323,22 @@ class Handlers:
         noise), the score of rcdm.analysis.invariance on this one image (None if t barely changes it) and a note."""
         img = load_upload(image)
         aug = check_augmentation(augmentation)
-        k, s, g, seed = self._check(num_samples, steps, guidance, seed)
+        how = self._check(num_samples, steps, guidance, seed, batch_per_input=2)
         pipe, lock = self.models.get(model)
         rec = Recorder(pipe, progress_callback(progress, AUGMENT_LABELS.get(aug, aug)))
-        how = Sampling(samples_per_image=k, steps=s, scheduler=None, guidance=g, seed=seed, batch_size=2 * k)
         with lock:
             result = invariance_analysis({model: rec}, [img], [aug], AUGMENT_PARAMS, how)
         score = result.numbers["models"][model]["scores"][aug]
         return as_files(invariance_gallery(img, aug, pipe, torch.cat(rec.batches))), score, invariance_note(aug, score)
 
     @staticmethod
-    def _check(num_samples, steps, guidance, seed):
-        return (check_int("Number of samples", num_samples, 1, MAX_SAMPLES), check_int("Steps", steps, 1, MAX_STEPS),
-                check_guidance(guidance), check_int("Seed", seed, 0, MAX_SEED))
+    def _check(num_samples, steps, guidance, seed, batch_per_input: int = 1) -> Sampling:
+        """The checked widgets as a sampling spec; the sampler is the model's recorded one. One batch holds
+        `batch_per_input` inputs' samples, so a job is one sampler call and one progress bar pass."""
+        k = check_int("Number of samples", num_samples, 1, MAX_SAMPLES)
+        return Sampling(samples_per_image=k, steps=check_int("Steps", steps, 1, MAX_STEPS),
+                        guidance=check_guidance(guidance), seed=check_int("Seed", seed, 0, MAX_SEED),
+                        batch_size=max(k * batch_per_input, MAX_POINTS))
 
 
 # ------------------------------------------------------------------------------------------------ layout

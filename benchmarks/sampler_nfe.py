@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from rcdm.cli import DTYPES, load_pipeline
+from rcdm import Sampling
 from rcdm.evaluate import evaluate
+from rcdm.flags import DTYPES, load_pipeline
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
@@ -43,8 +44,8 @@ def parse_samplers(text: str) -> list[tuple[str, int, float]]:
 def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, guidance: float, seed: int,
             batch_size: int) -> dict:
     """One CSV row: faithfulness, measured NFE and sampling wall time of one sampler."""
-    m = evaluate(pipe, data, num_images, steps=steps, scheduler=scheduler, guidance=guidance, seed=seed,
-                 batch_size=batch_size)
+    m = evaluate(pipe, data, num_images, Sampling(steps=steps, scheduler=scheduler, guidance=guidance, seed=seed,
+                                                  batch_size=batch_size))
     r, t = m["rank"], m["timing"]["sample_seconds"]
     label = f"{scheduler}-{steps}" + (f"-g{guidance:g}" if guidance != 1.0 else "")
     return {"sampler": label, "scheduler": scheduler, "steps": steps, "guidance": guidance, "nfe": m["sampling"]["nfe"],

@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from .model import RCDMUNet  # noqa: E402
 from .pipeline import RCDMPipeline, RCDMPipelineOutput  # noqa: E402
+from .sampling import Sampling, sample  # noqa: E402
 
 
 def load_encoder(*args, **kwargs):
@@ -12,4 +13,4 @@ def load_encoder(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
-__all__ = ["RCDMPipeline", "RCDMPipelineOutput", "RCDMUNet", "load_encoder", "__version__"]
+__all__ = ["RCDMPipeline", "RCDMPipelineOutput", "RCDMUNet", "Sampling", "load_encoder", "sample", "__version__"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .data import ImageError, check_bad, fingerprint, open_dataset
+from .images import resize_center_crop
 
 VIEWS = ("identity", "hflip")
 
@@ -87,7 +87,7 @@ class _Preprocessed(torch.utils.data.Dataset):
             x, y = self.ds[i]
         except ImageError as e:
             return i, None, None, str(e)
-        x = TF.center_crop(TF.resize(x, self.pre.size, antialias=True), [self.pre.crop, self.pre.crop])
+        x = resize_center_crop(x, self.pre.size, self.pre.crop)
         return i, x, y, None
 
 
@@ -147,8 +147,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_embed(args) -> None:
-    from .cli import auto_device
     from .encoders import load_encoder
+    from .flags import auto_device
 
     encoder = load_encoder(args.encoder, args.layer, device=auto_device(args.device))
     cache = build_cache(encoder, args.data, args.batch_size, args.num_workers,

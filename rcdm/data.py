@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
+
+from .images import pil_to_uint8, resize_center_crop
 
 # Pillow's decompression-bomb guard stays on: a huge upload raises instead of eating all memory.
 Image.MAX_IMAGE_PIXELS = 64_000_000
@@ -59,11 +61,6 @@ def open_image(src, name: str | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: not a readable image file ({type(e).__name__}: {e}).") from e
     return to_rgb(img, name)
-
-
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> uint8 (3, H, W)."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------- packed-JPEG npz (see shared/data/README.md)
@@ -212,6 +209,21 @@ def decode_all(ds, desc: str = "decoding", resolution: int | None = None, max_ba
     return torch.stack(imgs), torch.tensor(labels), torch.tensor(kept), len(bad)
 
 
+def readable_items(ds, n: int, bad: list):
+    """(index, uint8 (3, H, W), label) for the first n items of `ds` that decode; the others go to `bad`."""
+    found = 0
+    for i in range(len(ds)):
+        if found == n:
+            return
+        try:
+            x, y = ds[i]
+        except ImageError as e:
+            bad.append((i, str(e)))
+            continue
+        found += 1
+        yield i, x, y
+
+
 def check_bad(bad, total, max_bad_frac):
     if bad:
         warnings.warn(f"skipped {len(bad)} of {total} unreadable images; first: {bad[0][1]}")
@@ -221,12 +233,3 @@ def check_bad(bad, total, max_bad_frac):
             "Fix or remove them."
         )
 
-
-def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, size, size): shorter side to `size` (antialiased), then centre crop."""
-    import torchvision.transforms.v2.functional as TF
-
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    x = TF.resize(x, size, antialias=True)
-    return TF.center_crop(x, [size, size])

@@ -1,17 +1,17 @@
 """`rcdm evaluate`: how faithfully an RCDM's samples carry the representation they were drawn from.
 
     rcdm evaluate --model pretrained/rcdm-cifar10-backbone --data cifar10_jpeg.npz:test --num-images 200 \\
-        --steps 50 --scheduler ddim --out metrics.json --summary-png metrics.png
+        --out metrics.json --summary-png metrics.png
 
 The first `--num-images` readable items of the data are the references x (a packed CIFAR-10 npz is
 class-interleaved, so a prefix is class-balanced). Each x is encoded with the model's encoder, K samples are drawn
 from that embedding, and the samples are re-encoded by the judge (by default the same encoder and layer).
 The metrics (rank, FD, diversity, kNN class agreement, optional Inception FID/KID) are defined in `rcdm.metrics`.
 
-Reproducibility: sample k of dataset item i starts from noise drawn by its own CPU generator, seeded from
-(seed, i, k). The noise of a sample therefore does not depend on `batch_size`, on `num_images` or on the device;
-what remains is float round-off in batched convolutions and matmuls (about 1e-6 in pixel values here), which can
-only move a rank when two candidates are tied to that precision.
+The sampler, steps and guidance default to the model's recorded choice. Reproducibility: sample k of dataset item i
+starts from noise seeded from (seed, i, k) (rcdm.sampling), so it does not depend on `batch_size`, on
+`num_images` or on the device; float round-off (about 1e-6 in pixel values here) can only move a rank when two
+candidates are tied to that precision.
 """
 from __future__ import annotations
 
@@ -19,43 +19,20 @@ import argparse
 import itertools
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .data import ImageError, check_bad, open_dataset, resize_center_crop
+from .data import check_bad, open_dataset, readable_items
+from .images import resize_center_crop, to_pil, to_uint8
 from .metrics import class_agreement, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats, sample_ranks
+from .sampling import Sampling, sample_batches, sampling_context
 
 FORMAT = "rcdm-metrics/1"
 ENCODE_CHUNK = 256  # images per encoder call; fixed, so features never depend on `batch_size`
 NUM_EXAMPLES = 4  # rows of (input, samples) in the summary figure
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the samples are drawn; recorded in the metrics JSON."""
-
-    samples_per_image: int = 1    # K samples per reference image
-    steps: int = 50               # sampler steps
-    scheduler: str | None = "ddim"  # sampler name (rcdm.schedulers); None = the pipeline's current one
-    guidance: float = 1.0         # classifier-free guidance scale; 1 = conditional only
-    seed: int = 0                 # base seed of the per-sample generators
-    batch_size: int = 64          # samples per pipeline call (memory only; results do not depend on it)
-
-    def __post_init__(self):
-        for name in ("samples_per_image", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        from .schedulers import SCHEDULERS
-
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:  # fail before the references are encoded
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
 @dataclass
@@ -69,31 +46,16 @@ class References:
 
 
 # ------------------------------------------------------------------------------------------------ references
-def _readable(ds, n: int, bad: list):
-    """(index, uint8 (3, H, W), label) for the first n items of `ds` that decode; the others go to `bad`."""
-    found = 0
-    for i in range(len(ds)):
-        if found == n:
-            return
-        try:
-            x, y = ds[i]
-        except ImageError as e:
-            bad.append((i, str(e)))
-            continue
-        found += 1
-        yield i, x, y
-
-
 def read_references(ds, num_images: int, encoders, resolution: int | None = None, progress: bool = True):
     """Encode the first `num_images` readable items of `ds` with each encoder, in fixed chunks. Unreadable items
     are skipped and counted; more than 1% of them is an error (as in `rcdm.data.decode_all`)."""
     from tqdm.auto import tqdm
 
     bad, idx, labels, thumbs, feats = [], [], [], [], [[] for _ in encoders]
-    items = _readable(ds, num_images, bad)
+    items = readable_items(ds, num_images, bad)
     with tqdm(total=min(num_images, len(ds)), desc="encoding", unit="img", disable=not progress) as bar:
         while chunk := list(itertools.islice(items, ENCODE_CHUNK)):
-            pils = [Image.fromarray(x.permute(1, 2, 0).numpy()) for _, x, _ in chunk]  # as `pipe(images=...)` sees them
+            pils = [to_pil(x)[0] for _, x, _ in chunk]  # as `pipe(images=...)` sees them
             for out, enc in zip(feats, encoders):
                 out.append(enc.encode(pils, batch_size=ENCODE_CHUNK).cpu())
             if resolution is not None:
@@ -124,56 +86,6 @@ def train_features(train_data: str, judge, progress: bool = True) -> tuple[torch
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def sample_generators(seed: int, indices, k: int) -> list[torch.Generator]:
-    """One CPU generator per sample, input-major, seeded from (seed, dataset index, sample number)."""
-    gens = []
-    for i in indices:
-        for j in range(k):
-            # SeedSequence hashes the tuple, so nearby (seed, i, j) give unrelated streams.
-            hi, lo = np.random.SeedSequence([seed, int(i), j]).generate_state(2, np.uint32)
-            gens.append(torch.Generator().manual_seed(int(hi) << 32 | int(lo)))
-    return gens
-
-
-@contextmanager
-def sampler_setup(pipe, scheduler: str | None):
-    """Swap in the named sampler and silence the per-step bar, restoring both afterwards. Yields a dict whose
-    "rows" counts the samples passed through the UNet (NFE x samples; a guided step counts 2)."""
-    from .schedulers import make_scheduler
-
-    old_scheduler, old_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
-    count = {"rows": 0}
-
-    def hook(module, args, kwargs):
-        count["rows"] += (args[0] if args else kwargs["sample"]).shape[0]
-
-    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        if scheduler is not None:
-            pipe.scheduler = make_scheduler(scheduler, old_scheduler.config)
-        pipe.set_progress_bar_config(**{**old_bar, "disable": True})
-        yield count
-    finally:
-        handle.remove()
-        pipe.scheduler = old_scheduler
-        pipe.set_progress_bar_config(**old_bar)
-
-
-def sample_batches(pipe, h_cond: torch.Tensor, indices, run: Sampling):
-    """Yield (first reference position, samples (b*K, 3, R, R) in [0, 1]); every batch holds whole groups of K."""
-    per = max(1, run.batch_size // run.samples_per_image)
-    for a in range(0, len(h_cond), per):
-        gens = sample_generators(run.seed, indices[a : a + per], run.samples_per_image)
-        out = pipe(embeddings=h_cond[a : a + per], num_samples=run.samples_per_image, num_inference_steps=run.steps,
-                   guidance_scale=run.guidance, generator=gens, output_type="pt")
-        yield a, out.images
-
-
-def to_uint8(x01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float images -> uint8, rounded as `pipe(..., output_type="pil")` rounds."""
-    return (x01 * 255).round().clamp(0, 255).to(torch.uint8)
-
-
 def _sample_and_judge(pipe, refs: References, judge, run: Sampling, inception, progress: bool):
     """Draw all samples, judge-encode them and stream the per-group pixel spread and the Inception features.
     Returns ĥ (N*K, D), pixel spreads (N,) or None, and the first NUM_EXAMPLES groups as uint8 (K, 3, R, R)."""
@@ -236,32 +148,31 @@ class InceptionScores:
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
-def evaluate(pipe, data: str, num_images: int, samples_per_image: int = 1, steps: int = 50,
-             scheduler: str | None = "ddim", guidance: float = 1.0, seed: int = 0, judge=None,
-             train_data: str | None = None, batch_size: int = 64, progress: bool = True,
-             inception_weights: str | None = None, summary_png: str | None = None) -> dict:
-    """Sample K images from the embedding of each of the first `num_images` items of `data` (a spec for
-    `rcdm.data.open_dataset`; a bare .npz means its test split) and measure their fidelity (`rcdm.metrics`).
+def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judge=None,
+             train_data: str | None = None, progress: bool = True, inception_weights: str | None = None,
+             summary_png: str | None = None) -> dict:
+    """Sample `run.samples_per_image` images from the embedding of each of the first `num_images` items of `data`
+    (a spec for `rcdm.data.open_dataset`; a bare .npz means its test split) and measure their fidelity
+    (`rcdm.metrics`). `run` defaults to one sample per image with the model's recorded sampler.
 
     `judge` (a FrozenEncoder) scores the samples; default: the pipeline's own encoder. `train_data` (a data spec
     or an embedding cache of the judge) enables the kNN class agreement. Returns the dict `rcdm evaluate` writes.
     """
-    run = Sampling(samples_per_image, steps, scheduler, guidance, seed, batch_size)
+    run = (run or Sampling()).resolve(pipe)
     judge = pipe.encoder if judge is None else judge
     t0 = time.time()
     refs = _encode_references(pipe, judge, data, num_images, progress)
     n, k = len(refs.indices), run.samples_per_image
     inception, skipped = InceptionScores.create(inception_weights, refs.thumbs, n * k, pipe.device)
     t1 = time.time()
-    with sampler_setup(pipe, scheduler) as count:
-        sampler = _sampler_name(pipe)
+    with sampling_context(pipe, run) as count:
         h_hat, spread, examples = _sample_and_judge(pipe, refs, judge, run, inception, progress)
     t2 = time.time()
     metrics = {"format": FORMAT, "data": data, "num_images": n, "model": _model_info(pipe),
-               "sampling": {**asdict(run), "scheduler": sampler, "nfe": count["rows"] / (n * k)},
+               "sampling": {**asdict(run), "nfe": count["rows"] / (n * k)},
                "judge": judge.config(), **_scores(refs, h_hat, spread, k),
                "class_agreement": _class_agreement(train_data, judge, refs, h_hat, progress),
-               "inception": inception.compute(seed) if inception is not None else {"skipped": skipped},
+               "inception": inception.compute(run.seed) if inception is not None else {"skipped": skipped},
                "timing": {"encode_seconds": t1 - t0, "sample_seconds": t2 - t1, "total_seconds": time.time() - t0,
                           "samples_per_second": n * k / (t2 - t1)}}
     if summary_png:
@@ -276,12 +187,6 @@ def _encode_references(pipe, judge, data: str, num_images: int, progress: bool) 
     if len(refs.indices) < 2:
         raise ValueError("the rank metric needs at least 2 reference images")
     return refs
-
-
-def _sampler_name(pipe) -> str:
-    from .schedulers import scheduler_name
-
-    return scheduler_name(pipe.scheduler)
 
 
 def _model_info(pipe) -> dict:
@@ -317,10 +222,7 @@ def save_summary(path, metrics: dict, thumbs: torch.Tensor, examples: list[torch
 
     from .viz import image_grid
 
-    def pil(x):
-        return Image.fromarray(x.permute(1, 2, 0).numpy())
-
-    rows = [[pil(thumbs[i])] + [pil(s) for s in group] for i, group in enumerate(examples)]
+    rows = [to_pil(thumbs[i]) + to_pil(group) for i, group in enumerate(examples)]
     r, n = metrics["rank"], metrics["num_images"]
     img_width = max(0.5, len(rows[0]) / len(rows))  # the grid's aspect ratio, relative to the square histogram
     fig = Figure(figsize=(4.5 * (1 + img_width), 4.5), layout="constrained")
@@ -340,24 +242,17 @@ def save_summary(path, metrics: dict, thumbs: torch.Tensor, examples: list[torch
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_parser(sub) -> None:
-    from .cli import add_dtype_arg
+    from .flags import add_model_flag, add_sampling_flags
 
     p = sub.add_parser("evaluate", help="measure how faithfully samples reproduce their representation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="pipeline directory or shipped model name (default: the shipped CIFAR-10 backbone model)")
+    add_model_flag(p)
     p.add_argument("--data", required=True,
                    help="reference images: file.npz[:split] (a bare .npz means its test split), an image folder, "
                         "or torchvision:NAME:ROOT[:split]")
     p.add_argument("--num-images", type=int, default=200, help="references: the first N readable items (default: 200)")
-    p.add_argument("--samples-per-image", type=int, default=1,
-                   help="K samples per reference; ranks are averaged over all K; diversity needs K >= 2 (default: 1)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
-    p.add_argument("--scheduler", default="ddim", choices=["ddpm", "ddim", "dpm++", "unipc"],
-                   help="sampler (default: ddim)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale; 1 = conditional only (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise generators (default: 0)")
+    add_sampling_flags(p, num_samples=1, names=("--samples-per-image", "--num-samples"),
+                       what="K samples per reference; ranks average over K, diversity needs K >= 2")
     p.add_argument("--judge", default=None,
                    help="encoder spec that scores the samples (rank, FD, diversity, kNN), e.g. dino_resnet50@PATH "
                         "(default: the model's own encoder and layer)")
@@ -368,10 +263,6 @@ def add_parser(sub) -> None:
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 FID weights (pt_inception-2015-12-05); enables Inception FID/KID via "
                         "torchmetrics (default: skip)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="samples per sampler call; affects memory and speed, not results (default: 64)")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)")
-    add_dtype_arg(p)
     p.add_argument("--out", default="metrics.json", help="output JSON (default: metrics.json)")
     p.add_argument("--summary-png", default=None,
                    help="also write a PNG: rank histogram and example rows of input + samples (default: none)")
@@ -379,13 +270,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .cli import load_pipeline
     from .encoders import load_encoder
+    from .flags import load_pipeline, sampling_from_args
 
+    run = sampling_from_args(args)  # checked before any model is loaded
     pipe = load_pipeline(args.model, args.device, args.dtype)
     judge = load_encoder(args.judge, args.judge_layer, device=pipe.device) if args.judge else None
-    metrics = evaluate(pipe, args.data, args.num_images, args.samples_per_image, args.steps, args.scheduler,
-                       args.guidance, args.seed, judge, args.train_data, args.batch_size,
+    metrics = evaluate(pipe, args.data, args.num_images, run, judge, args.train_data,
                        inception_weights=args.inception_weights, summary_png=args.summary_png)
     metrics["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
     Path(args.out).write_text(json.dumps(metrics, indent=2))

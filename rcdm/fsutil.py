@@ -38,9 +38,3 @@ def replace_dir(tmp: str | Path, out: str | Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
 
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -14,7 +14,7 @@ Two additions over the reference:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,22 @@ class RCDMUNetOutput(BaseOutput):
 
     sample: torch.Tensor
     mean: torch.Tensor | None = None
+
+
+@dataclass
+class UNetConfig:
+    """The denoiser's architecture (`RCDMUNet` arguments besides the embedding size and resolution, which come from
+    the data). Nested in `TrainConfig` as `unet`; each field is also a flat `rcdm train` flag."""
+
+    block_out_channels: tuple[int, ...] = field(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
+    layers_per_block: int = field(default=2, metadata={"help": "ResBlocks per UNet level"})
+    attention_levels: tuple[int, ...] = field(default=(), metadata={"help": "UNet levels with self-attention"})
+    attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
+    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)"})
+    dropout: float = field(default=0.0, metadata={"help": "ResBlock dropout"})
+    mean_decoder: bool = field(default=True, metadata={"help": "concatenate a mean decoder D(h) to the UNet input"})
+    prediction_type: str = field(default="v_prediction", metadata={"help": "epsilon or v_prediction",
+                                                                   "choices": ["epsilon", "v_prediction"]})
 
 
 class MeanDecoder(nn.Module):
@@ -69,7 +85,6 @@ class RCDMUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,                    # GroupNorm groups
         dropout: float = 0.0,                         # ResBlock dropout
         mean_decoder: bool = True,                    # concatenate D(h) to the UNet input
-        cond_drop_prob: float = 0.1,                  # P(h -> null) in training, for classifier-free guidance
         prediction_type: str = "v_prediction",        # "epsilon" or "v_prediction"
     ):
         super().__init__()

@@ -16,21 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
 from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
+from .images import to_pil, to_uint8
 from .model import RCDMUNet
-from .schedulers import DEFAULT_SCHEDULER, make_scheduler, scheduler_name
+from .sampling import DEFAULT_SAMPLING as _DEFAULTS
+from .schedulers import make_scheduler, scheduler_name
 
 PIPELINE_FILE = "rcdm_pipeline.json"
 FORMAT = "rcdm-pipeline/1"
 DEFAULT_MODEL = "rcdm-cifar10-backbone"
-# Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling"), chosen by
-# measuring fidelity per NFE (benchmarks/sampler_nfe.py).
-DEFAULT_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 1.0}
+# Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling", beside its
+# "scheduler"), chosen by measuring fidelity per NFE (benchmarks/sampler_nfe.py). One source: rcdm.sampling.
+DEFAULT_SAMPLING = {k: _DEFAULTS[k] for k in ("num_inference_steps", "guidance_scale")}
 
 
 def pretrained_root() -> Path:
@@ -50,6 +51,13 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
         f"{pretrained_root()}). Shipped models: {shipped or 'none found'}. Pass a directory written by "
         "`RCDMPipeline.save_pretrained` or `rcdm train`."
     )
+
+
+def shipped_models() -> list[Path]:
+    """The model directories shipped in `pretrained/` (those holding an rcdm_pipeline.json), the default first."""
+    root = pretrained_root()
+    found = sorted(d for d in root.glob("*") if (d / PIPELINE_FILE).is_file()) if root.is_dir() else []
+    return sorted(found, key=lambda d: d.name != DEFAULT_MODEL)
 
 
 @dataclass
@@ -109,8 +117,8 @@ class RCDMPipeline(DiffusionPipeline):
             encoder = load_encoder(enc_cfg["spec"], enc_cfg["layer"], base_dir=path)
         else:
             check_encoder_matches(encoder, enc_cfg, path)
-        sched = make_scheduler(scheduler or meta.get("scheduler", DEFAULT_SCHEDULER),
-                               load_scheduler_config(path / "scheduler"))
+        sched = make_scheduler(scheduler or meta.get("scheduler", _DEFAULTS["scheduler"]),
+                               DDPMScheduler.load_config(path / "scheduler"))  # any scheduler class reads it
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
         pipe.sampling_defaults = _checked_sampling(meta.get("sampling", {}), path)
@@ -248,8 +256,7 @@ def _postprocess(x, output_type):
     x = ((x.clamp(-1, 1) + 1) / 2).cpu()  # (N, 3, R, R) in [0, 1]
     if output_type == "pt":
         return x
-    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (N, R, R, 3)
-    return arr if output_type == "np" else [Image.fromarray(a) for a in arr]
+    return to_uint8(x).permute(0, 2, 3, 1).numpy() if output_type == "np" else to_pil(x)  # np: (N, R, R, 3) uint8
 
 
 def check_encoder_matches(encoder, recorded: dict, where) -> None:
@@ -268,10 +275,6 @@ def check_encoder_matches(encoder, recorded: dict, where) -> None:
 def _spec_key(spec: str) -> str:
     """Compare specs by what they name, not where a local copy of the weights lives (`name@PATH`)."""
     return spec.split("@")[0] if not spec.startswith("file:") else Path(spec[5:]).name
-
-
-def load_scheduler_config(path: Path) -> dict:
-    return json.loads((path / "scheduler_config.json").read_text())
 
 
 def _cast(module, dtype):

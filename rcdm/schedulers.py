@@ -16,7 +16,6 @@ SCHEDULERS = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_THRESHOLD}),
     "unipc": (UniPCMultistepScheduler, {"solver_order": 2, **_THRESHOLD}),
 }
-DEFAULT_SCHEDULER = "ddim"
 
 
 def training_scheduler(prediction_type: str = "v_prediction", beta_schedule: str = "linear",

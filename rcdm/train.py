@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .cache import VIEWS, EmbeddingCache, apply_view
-from .config import add_dataclass_args, dataclass_from_args
-from .data import open_dataset, resize_center_crop
+from .config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
+from .data import open_dataset
+from .images import resize_center_crop, to_pil
+from .loss import RCDMLoss
+from .model import UNetConfig
+from .sampling import DEFAULT_SAMPLING, seeded_generator
+from .schedulers import make_scheduler, training_scheduler
 
 
 @dataclass
@@ -40,15 +44,8 @@ class TrainConfig:
                                                      "into output_dir/<layer>"})
     output_dir: str = field(default="runs/rcdm", metadata={"help": "checkpoints, logs, samples and the exported pipeline"})
     resolution: int = field(default=32, metadata={"help": "image resolution the UNet sees"})
-    block_out_channels: tuple[int, ...] = field(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
-    layers_per_block: int = field(default=2, metadata={"help": "ResBlocks per UNet level"})
-    attention_levels: tuple[int, ...] = field(default=(), metadata={"help": "UNet levels with self-attention"})
-    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)"})
-    dropout: float = field(default=0.0, metadata={"help": "ResBlock dropout"})
-    mean_decoder: bool = field(default=True, metadata={"help": "concatenate a mean decoder D(h) to the UNet input"})
+    unet: UNetConfig = field(default_factory=UNetConfig)
     mean_loss_weight: float = field(default=1.0, metadata={"help": "weight of the mean decoder's MSE"})
-    prediction_type: str = field(default="v_prediction", metadata={"help": "epsilon or v_prediction",
-                                                                   "choices": ["epsilon", "v_prediction"]})
     snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR-gamma loss weighting (0 = uniform)"})
     beta_schedule: str = field(default="linear", metadata={"help": "noise schedule (diffusers beta_schedule)"})
     cond_drop_prob: float = field(default=0.1, metadata={"help": "P(embedding -> null) for classifier-free guidance"})
@@ -67,7 +64,8 @@ class TrainConfig:
     ema_power: float = field(default=0.75, metadata={"help": "EMA warmup power"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)",
                                                            "choices": ["no", "bf16", "fp16"]})
-    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
+    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (0.82x on a 2-core "
+                                                                 "CPU; unmeasured on GPUs)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps"})
@@ -76,20 +74,21 @@ class TrainConfig:
     init_from: str = field(default="", metadata={"help": "pipeline directory to start from (new optimizer, re-warmed)"})
     log_every: int = field(default=50, metadata={"help": "log losses every N steps"})
     sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps (0 = off)"})
-    sample_steps: int = field(default=20, metadata={"help": "DDIM steps for logged sample grids"})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for logged sample grids (the default sampler, DDPM)"})
     export_dtype: str = field(default="float32", metadata={"help": "dtype of exported weights: float32, float16",
                                                            "choices": ["float32", "float16", "bfloat16"]})
 
 
 PRESETS = {
-    # Small and CPU-friendly: v-prediction, min-SNR-5, batch 32, lr 1e-3 with warmup measured 4x better mean rank
-    # than eps / batch 128 / 3e-4 for less CPU time (DESIGN.md).
+    # Small and CPU-friendly: v-prediction, min-SNR-5, batch 32, lr 1e-3 with warmup gave a 4x better mean rank
+    # than eps / batch 128 / 3e-4 for less CPU time, measured on the 2-core CPU the shipped models were trained on.
     "cifar10-32": TrainConfig(),
     # The reference scale (Bordes et al. 2022, guided-diffusion ImageNet 128): 256 base channels, mult
     # (1, 1, 2, 3, 4), attention at 32/16/8, AdamW 1e-4, EMA 0.9999, batch 256 in total.
     "imagenet-128": TrainConfig(
-        resolution=128, block_out_channels=(256, 256, 512, 768, 1024), attention_levels=(2, 3, 4),
-        dropout=0.0, batch_size=8, lr=1e-4, warmup_steps=1000, max_steps=600_000, mean_decoder=False,
+        resolution=128, unet=UNetConfig(block_out_channels=(256, 256, 512, 768, 1024), attention_levels=(2, 3, 4),
+                                        mean_decoder=False),
+        batch_size=8, lr=1e-4, warmup_steps=1000, max_steps=600_000,
         ema_power=2 / 3, checkpoint_every=5000, sample_every=5000, num_workers=8, sample_steps=50,
     ),
 }
@@ -115,38 +114,16 @@ class PairedDataset(torch.utils.data.Dataset):
 
 
 # -------------------------------------------------------------------------------------------------- objective
-def diffusion_loss(unet, noise_scheduler, x0, h, cfg: TrainConfig, gen: torch.Generator):
-    """MSE on eps or v with min-SNR-gamma weighting (Hang et al. 2023, Eq. 8), plus the mean decoder's MSE."""
-    b = x0.shape[0]
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0)
-    drop = (torch.rand(b, generator=gen) < cfg.cond_drop_prob).to(x0.device)
-    x_t = noise_scheduler.add_noise(x0, noise, t)
-    if cfg.channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
-    out = unet(x_t, t, h, drop_mask=drop)
-    target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
-    per_sample = F.mse_loss(out.sample.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    loss = (per_sample * snr_weight(noise_scheduler, t, cfg)).mean()
-    if out.mean is not None:
-        loss = loss + cfg.mean_loss_weight * F.mse_loss(out.mean.float(), x0.float())
-    return loss
-
-
-def snr_weight(noise_scheduler, t, cfg: TrainConfig):
-    """min(SNR, gamma) / SNR for eps targets, min(SNR, gamma) / (SNR + 1) for v targets; ones if gamma = 0."""
-    if not cfg.snr_gamma:
-        return torch.ones_like(t, dtype=torch.float32)
-    ac = noise_scheduler.alphas_cumprod.to(t.device)[t]
-    snr = ac / (1 - ac)
-    clipped = snr.clamp(max=cfg.snr_gamma)
-    return clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)
+def make_loss(cfg: TrainConfig, prediction_type: str) -> RCDMLoss:
+    """The objective for this run; `prediction_type` is the UNet's own (an --init-from model fixes it)."""
+    return RCDMLoss(prediction_type, cfg.snr_gamma, cfg.cond_drop_prob, cfg.mean_loss_weight,
+                    training_scheduler(prediction_type, cfg.beta_schedule))
 
 
 def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.Generator:
     """Noise, timesteps and dropout are a pure function of (seed, step, micro-batch, rank): exact resume needs
     no RNG state, and processes never draw the same noise."""
-    return torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank)) & (2**63 - 1))
+    return seeded_generator(cfg.seed, step, micro, rank)
 
 
 # -------------------------------------------------------------------------------------------------- setup
@@ -161,10 +138,7 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
             raise ValueError(f"--init-from {cfg.init_from} expects {unet.config.embedding_dim}-d embeddings, "
                              f"the cache has {dim}-d ones")
         return unet
-    unet = RCDMUNet(embedding_dim=dim, sample_size=cfg.resolution, block_out_channels=cfg.block_out_channels,
-                    layers_per_block=cfg.layers_per_block, attention_levels=cfg.attention_levels,
-                    norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, mean_decoder=cfg.mean_decoder, cond_drop_prob=cfg.cond_drop_prob,
-                    prediction_type=cfg.prediction_type)
+    unet = RCDMUNet(embedding_dim=dim, sample_size=cfg.resolution, **dataclasses.asdict(cfg.unet))
     unet.set_embedding_stats(cache.embeddings.flatten(0, 1))
     return unet
 
@@ -269,12 +243,9 @@ def _check_resumed_schedule(saved: dict, cfg: TrainConfig, path: Path) -> None:
 # -------------------------------------------------------------------------------------------------- loop
 def train(cfg: TrainConfig, command: str = "") -> Path:
     """Run the training loop; returns the exported pipeline directory."""
+    from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
-
-    from .schedulers import training_scheduler
-
-    from accelerate.utils import set_seed
 
     _validate(cfg)
     acc = make_accelerator(cfg)
@@ -283,7 +254,7 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
     unet = build_unet(cfg, cache.dim, cache)
     if cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    noise_scheduler = training_scheduler(unet.config.prediction_type, cfg.beta_schedule)
+    loss_fn = make_loss(cfg, unet.config.prediction_type)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
     dl = make_dataloader(cfg, cache)
@@ -299,7 +270,7 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
     batches = _batches(dl, step * cfg.grad_accum, acc)
     with StopRequest() as request:
         while step < cfg.max_steps and not stop:
-            loss = train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step)
+            loss = train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step)
             ema.step(acc.unwrap_model(unet).parameters())  # once per optimizer step, i.e. only when grads synced
             step += 1
             losses.append(loss)
@@ -362,14 +333,15 @@ def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
                          num_training_steps=cfg.max_steps * num_processes)
 
 
-def train_step(unet, opt, lr_sched, batches, noise_scheduler, cfg, acc, step) -> float:
+def train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step) -> float:
     """One optimizer step over `grad_accum` micro-batches. Returns the mean loss across processes."""
     total = 0.0
     for micro in range(cfg.grad_accum):
         x0, h = next(batches)
+        if cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         with acc.accumulate(unet), acc.autocast():
-            gen = step_generator(cfg, step, micro, acc.process_index)
-            loss = diffusion_loss(unet, noise_scheduler, x0, h, cfg, gen)
+            loss = loss_fn(unet, x0, h, step_generator(cfg, step, micro, acc.process_index))
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
@@ -418,13 +390,13 @@ def ema_pipeline(acc, cfg, ema, unet, cache):
 
     from .encoders import load_encoder
     from .pipeline import RCDMPipeline
-    from .schedulers import make_scheduler, training_scheduler
 
     model = copy.deepcopy(acc.unwrap_model(unet)).float().to(memory_format=torch.contiguous_format)
     ema.copy_to(model.parameters())
     enc = cache.meta["encoder"]
     encoder = load_encoder(enc["spec"], enc["layer"])
-    sched = make_scheduler("ddim", training_scheduler(model.config.prediction_type, cfg.beta_schedule).config)
+    sched = make_scheduler(DEFAULT_SAMPLING["scheduler"],
+                           training_scheduler(model.config.prediction_type, cfg.beta_schedule).config)
     pipe = RCDMPipeline(unet=model.eval(), scheduler=sched, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -441,7 +413,7 @@ def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5):
         x = torch.stack([it[0] for it in items])  # (n, 3, R, R) in [-1, 1]
         out = pipe(embeddings=torch.stack([it[1] for it in items]), num_samples=n_samples,
                    num_inference_steps=cfg.sample_steps, generator=torch.Generator().manual_seed(cfg.seed))
-        inputs = pipe.numpy_to_pil(((x + 1) / 2).permute(0, 2, 3, 1).numpy())
+        inputs = to_pil((x + 1) / 2)
         grid = image_grid([[inputs[i]] + out.images[i * n_samples:(i + 1) * n_samples] for i in range(len(items))])
         path = Path(cfg.output_dir) / "samples" / f"step-{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -519,8 +491,15 @@ def _validate(cfg: TrainConfig):
         raise ValueError("use either --resume (continue a run exactly) or --init-from (new run from weights)")
 
 
-def _flat_config(cfg):
-    return {k: (str(v) if isinstance(v, (tuple, list)) else v) for k, v in dataclasses.asdict(cfg).items()}
+def _flat_config(cfg) -> dict:
+    """The config as tensorboard hparams: scalars only, nested configs as `unet.block_out_channels`."""
+    def flat(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", str(v) if isinstance(v, (tuple, list)) else v
+    return dict(flat(dataclasses.asdict(cfg)))
 
 
 def load_config(preset: str | None, yaml_path: str | None, args) -> TrainConfig:
@@ -531,12 +510,7 @@ def load_config(preset: str | None, yaml_path: str | None, args) -> TrainConfig:
     if yaml_path:
         import yaml
 
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        unknown = set(data) - fields
-        if unknown:
-            raise ValueError(f"{yaml_path}: unknown keys {sorted(unknown)}")
-        cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        cfg = dataclass_from_dict(TrainConfig, yaml.safe_load(Path(yaml_path).read_text()) or {}, cfg, yaml_path)
     return dataclass_from_args(TrainConfig, args, base=cfg)
 
 

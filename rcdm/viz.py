@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .data import pil_to_uint8
+from .images import pil_to_uint8, resize_center_crop, to_pil
 
 
 def thumbnail(img: Image.Image, size: int) -> Image.Image:
     """Shorter side to `size`, centre crop: how the input compares to samples at the model's resolution."""
-    x = TF.center_crop(TF.resize(pil_to_uint8(img), size, antialias=True), [size, size])
-    return Image.fromarray(x.permute(1, 2, 0).numpy())
+    return to_pil(resize_center_crop(pil_to_uint8(img), size))[0]
 
 
 def image_grid(rows: list[list[Image.Image]], pad: int = 2, upscale: int = 1) -> Image.Image:
@@ -23,7 +21,7 @@ def image_grid(rows: list[list[Image.Image]], pad: int = 2, upscale: int = 1) ->
     for r in rows:
         tiles += [pil_to_uint8(im) for im in r] + [torch.full((3, *size), 255, dtype=torch.uint8)] * (ncol - len(r))
     grid = make_grid(torch.stack(tiles), nrow=ncol, padding=pad, pad_value=255)  # (3, H, W) uint8
-    img = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    img = to_pil(grid)[0]
     return img.resize((img.width * upscale, img.height * upscale), Image.NEAREST) if upscale > 1 else img
 
 

@@ -13,6 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_jpeg.npz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """One intra-op thread for the whole session (RCDM_TEST_THREADS overrides): the nets here are tiny, and on 2
+    shared cores a second OpenMP thread makes every op wait on a descheduled thread (a tiny conv net measured
+    0.77 s on 2 threads vs 4 ms on 1 while a training job ran). Set once here, not at import time in test files,
+    so a test file run alone behaves as in the suite; subprocess tests set their own (OMP_NUM_THREADS)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("RCDM_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cifar_npz():
     if not CIFAR_NPZ.exists():

@@ -16,7 +16,6 @@ from rcdm.pipeline import RCDMPipeline
 
 from conftest import make_tiny_pipeline
 
-torch.set_num_threads(1)
 FAST = Sampling(samples_per_image=2, steps=2, scheduler="ddim", seed=0)
 
 
@@ -159,8 +158,8 @@ def test_manipulate_with_a_cache_file_bank(pipe, images, tmp_path):
     assert n["common_dims"] == A.common_dims(feats[n["neighbours"]]).nonzero()[:, 0].tolist()
     c = n["conditions"]
     assert c["original"]["cos_condition_to_source"] == pytest.approx(1.0)
-    if n["num_common"]:
-        assert c["transplanted"]["cos_condition_to_target"] > c["original"]["cos_condition_to_target"]
+    assert n["num_common"] > 0  # pooled post-ReLU features: most dims are non-zero in every neighbour
+    assert c["transplanted"]["cos_condition_to_target"] > c["original"]["cos_condition_to_target"]
     check_outputs(res, tmp_path)
 
 
@@ -212,11 +211,17 @@ def test_spread_is_zero_for_the_identity_oracle_and_positive_for_a_model(pipe, i
 
 
 def test_compare_and_layers_share_noise_and_report_rank_and_diversity(pipe, proj_dir, images, tmp_path):
+    oracles = A.compare({"identity": OraclePipe(), "constant": OraclePipe(constant=True)}, images[:4],
+                        run=Sampling(samples_per_image=2, steps=1))
+    exact, blind = oracles.numbers["models"]["identity"], oracles.numbers["models"]["constant"]
+    assert exact["rank"]["mean"] == 1.0 and exact["rank"]["top1_pct"] == 100.0 and exact["diversity"]["pixel_rms"] == 0
+    assert blind["rank"]["mean"] > 1.5  # every sample the same grey: ranks are ties, not the source first
     pipes = {"backbone": pipe, "projector": RCDMPipeline.from_pretrained(proj_dir)}
     res = A.compare(pipes, images[:3], run=FAST)
     for name in pipes:
         m = res.numbers["models"][name]
-        assert 1 <= m["rank"]["mean"] <= 3 and m["rank"]["num_references"] == 3 and m["diversity"]["pixel_rms"] > 0
+        assert m["rank"]["num_references"] == 3 and m["diversity"]["pixel_rms"] > 0
+        assert res.numbers["sampling"][name]["scheduler"] == "ddim" and res.numbers["sampling"][name]["steps"] == 2
     check_outputs(res, tmp_path)
     lay = A.layers(pipes, images[:3], run=FAST)
     assert [r["layer"] for r in lay.numbers["table"]] == ["backbone", "projector"] and lay.numbers["same_encoder"]

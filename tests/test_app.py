@@ -19,7 +19,8 @@ from rcdm.appcmd import load_app_module  # noqa: E402
 from rcdm.cli import main as cli_main  # noqa: E402
 from rcdm.pipeline import DEFAULT_MODEL  # noqa: E402
 
-torch.set_num_threads(1)  # the server shares this process and the machine's 2 cores
+pytestmark = pytest.mark.slow  # a live Gradio server in this process
+
 app = load_app_module()
 TINY = dict(num_samples=2, steps=2, guidance=1.0, seed=0)
 

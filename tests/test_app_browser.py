@@ -24,8 +24,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UPDATE = os.environ.get("RCDM_UPDATE_SCREENSHOT") == "1"
 WIDTH, HEIGHT = 1280, 1000
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install "
-                                                         "chromium); the browser test needs it")
+pytestmark = [pytest.mark.slow,  # a live server driven by headless Chromium
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install "
+                                                          "chromium); the browser test needs it")]
 
 
 class DevTools:
@@ -124,9 +125,6 @@ def server(tmp_path, tiny_pipeline_dir, cifar_test_images, monkeypatch):
         for i, im in enumerate(cifar_test_images[0][:2]):
             im.save(root / "examples" / f"example{i}.png")
         monkeypatch.setenv("RCDM_PRETRAINED", str(root))
-    import torch
-
-    torch.set_num_threads(1)  # the server shares this process and the machine's 2 cores
     demo = load_app_module().launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()

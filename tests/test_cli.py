@@ -25,6 +25,7 @@ def test_every_subcommand_documents_every_flag():
                 assert action.help, f"rcdm {name} {action.option_strings[0]} has no help text"
 
 
+@pytest.mark.slow  # subprocess
 def test_console_script_help_runs():
     out = subprocess.run([sys.executable, "-m", "rcdm.cli", "sample", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--num-samples" in out.stdout
@@ -55,7 +56,7 @@ def test_sample_bad_image_is_one_clear_line(tiny_pipeline_dir, tmp_path, capsys)
 def test_load_pipeline_casts_only_the_denoiser(tiny_pipeline_dir):
     import torch
 
-    from rcdm.cli import load_pipeline
+    from rcdm.flags import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir), "cpu", "bfloat16")
     assert pipe.unet.dtype == torch.bfloat16

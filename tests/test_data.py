@@ -1,5 +1,4 @@
 """Data sources: packed-JPEG npz, image folders, bad files."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -9,23 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
 from rcdm.data import ImageError
-from rcdm.encoders import (IMAGENET_PREPROCESS, RELEASES, FrozenEncoder, Preprocess, list_encoders, load_encoder,
-                           resize_center_crop)
-from rcdm.ssl import CIFAR_MEAN, CIFAR_STD, SSLConfig, SSLEncoder, save_encoder
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 2 cores are shared with a training job: with 2 OpenMP threads every op waits on a descheduled thread
-    (a tiny conv net measured 0.77 s vs 4 ms on 1 thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from rcdm.encoders import IMAGENET_PREPROCESS, RELEASES, FrozenEncoder, Preprocess, list_encoders, load_encoder
+from rcdm.encoders.cifar import CIFAR_MEAN, CIFAR_STD, SSLEncoder
+from rcdm.ssl import SSLConfig, save_encoder
 
 
 def _noisy(state):
@@ -205,7 +197,8 @@ def test_release_read_out_is_the_head_on_the_pooled_trunk(r50, lars_state, tmp_p
     x = torch.rand(2, 3, 50, 40)
     with torch.no_grad():
         mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
-        h = enc.net.backbone((resize_center_crop(x, 40, 32) - mean) / std)  # (2, 2048)
+        # 50x40, short side already 40: no resize; the 32 centre crop starts at row round(9), column round(4)
+        h = enc.net.backbone((x[..., 9:41, 4:36] - mean) / std)  # (2, 2048)
         want = torch.cat([h, enc.net.projector(h)], 1)  # (2, 2048 + 8192)
     torch.testing.assert_close(FrozenEncoder(enc.net, enc.spec, enc.layer, pre)(x), want)
 
@@ -255,7 +248,9 @@ def test_torchvision_random_and_named_layers(resnet18):
     m = resnet18.net.backbone
     with torch.no_grad():
         mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
-        h = (resize_center_crop(x, 72, 64) - mean) / std
+        # 30x40 -> short side 72: 72x96 (antialiased bilinear), then the 64 centre crop at row 4, column 16
+        big = F.interpolate(x, size=(72, 96), mode="bilinear", antialias=True, align_corners=False)
+        h = (big[..., 4:68, 16:80] - mean) / std
         l3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(h)))))))  # (2, 256, 4, 4)
         want = torch.cat([m.layer4(l3).mean((2, 3)), l3.mean((2, 3))], 1)  # (2, 512 + 256)
     both = FrozenEncoder(resnet18.net, resnet18.spec, "backbone + layer3", pre)
@@ -292,7 +287,7 @@ def test_torchvision_spec_errors(tmp_path):
         load_encoder("torchvision:resnet1")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_encoder("torchvision:resnet18@nope.pth", base_dir=tmp_path)
-    from rcdm.encoders import _torchvision_preprocess  # published weights need a download; their preprocessing not
+    from rcdm.encoders.builders import _torchvision_preprocess  # published weights need a download; their preprocessing not
 
     w = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     assert _torchvision_preprocess(w) == Preprocess(232, 224, IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std)

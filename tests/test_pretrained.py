@@ -4,9 +4,11 @@ import json
 import pytest
 import torch
 
-from rcdm import RCDMPipeline, load_encoder
+from rcdm import RCDMPipeline, Sampling, load_encoder
 from rcdm.evaluate import evaluate
 from rcdm.pipeline import pretrained_root, read_meta
+
+pytestmark = pytest.mark.slow  # the shipped models, sampled and evaluated at full size
 
 ROOT = pretrained_root()
 MODELS = {"rcdm-cifar10-backbone": ("backbone", 256), "rcdm-cifar10-projector": ("projector", 128)}
@@ -46,9 +48,9 @@ def test_encoder_spec_dims(layer, dim):
 @pytest.mark.parametrize("name", list(MAX_MEAN_RANK_50))
 def test_shipped_model_is_far_better_than_chance_at_its_defaults(name, cifar_npz):
     pipe = RCDMPipeline.from_pretrained(name)
-    d = pipe.sampling_defaults
-    m = evaluate(pipe, f"{cifar_npz}:test", num_images=50, steps=d["num_inference_steps"], scheduler=None,
-                 guidance=d["guidance_scale"], seed=0, progress=False)
+    m = evaluate(pipe, f"{cifar_npz}:test", 50, Sampling(seed=0), progress=False)  # the recorded sampler
+    assert (m["sampling"]["scheduler"], m["sampling"]["steps"]) == (read_meta(name)["scheduler"],
+                                                                     pipe.sampling_defaults["num_inference_steps"])
     assert m["rank"]["mean"] <= MAX_MEAN_RANK_50[name], m["rank"]
 
 

@@ -1,5 +1,6 @@
 """Training: embedding cache, exact resume, crash-safe checkpoints, NaN stop, multi-process, export."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
+from rcdm.model import UNetConfig
 from rcdm.train import TrainConfig, make_lr_schedule, train
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
@@ -30,8 +32,9 @@ def cache_path(tmp_path_factory, tiny_npz, tiny_encoder_dir):
 
 
 def _cfg(tiny_npz, cache_path, out, **kw):
-    base = dict(data=str(tiny_npz), cache=str(cache_path), output_dir=str(out), block_out_channels=(16, 32),
-                norm_num_groups=8, layers_per_block=1, batch_size=8, log_every=1, sample_every=0, warmup_steps=2)
+    base = dict(data=str(tiny_npz), cache=str(cache_path), output_dir=str(out), batch_size=8, log_every=1,
+                sample_every=0, warmup_steps=2, unet=UNetConfig(block_out_channels=(16, 32), norm_num_groups=8,
+                                                                layers_per_block=1))
     return TrainConfig(**{**base, **kw})
 
 
@@ -142,21 +145,27 @@ def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tin
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_npz, cache_path, monkeypatch):
     import rcdm.train as T
 
-    real = T.diffusion_loss
+    real = T.make_loss
     calls = {"n": 0}
 
-    def flaky(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 4 else loss
+    def flaky_loss(*args):
+        loss_fn = real(*args)
 
-    monkeypatch.setattr(T, "diffusion_loss", flaky)
+        def flaky(*a):
+            calls["n"] += 1
+            loss = loss_fn(*a)
+            return loss * float("nan") if calls["n"] == 4 else loss
+        return flaky
+
+    monkeypatch.setattr(T, "make_loss", flaky_loss)
     with pytest.raises(FloatingPointError, match="step 4"):
         train(_cfg(tiny_npz, cache_path, tmp_path / "nan", max_steps=6, checkpoint_every=2), "t")
     ckpts = sorted(p.name for p in (tmp_path / "nan/checkpoints").iterdir())
     assert ckpts == ["checkpoint-2"]
-    monkeypatch.setattr(T, "diffusion_loss", real)
-    train(_cfg(tiny_npz, cache_path, tmp_path / "nan", max_steps=3, checkpoint_every=2, resume="latest"), "t")
+    monkeypatch.setattr(T, "make_loss", real)
+    out = train(_cfg(tiny_npz, cache_path, tmp_path / "nan", max_steps=3, checkpoint_every=2, resume="latest"), "t")
+    assert RCDMPipeline.from_pretrained(out).training_info["steps"] == 3  # resumed from step 2, one more step
+    assert all(math.isfinite(v) for v in _losses(tmp_path / "nan"))
 
 
 KILL_SCRIPT = """
@@ -174,6 +183,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # subprocess
 def test_sigkill_during_checkpoint_keeps_previous(tmp_path, tiny_npz, cache_path):
     out = tmp_path / "kill"
     args = ["--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out), "--max-steps", "8",
@@ -191,6 +201,7 @@ def test_sigkill_during_checkpoint_keeps_previous(tmp_path, tiny_npz, cache_path
     assert _losses(out)[-1] > 0 and RCDMPipeline.from_pretrained(resumed).training_info["steps"] == 3
 
 
+@pytest.mark.slow  # subprocess
 def test_sigterm_stops_with_checkpoint_and_export(tmp_path, tiny_npz, cache_path):
     out = tmp_path / "term"
     cmd = [sys.executable, "-m", "rcdm.cli", "train", "--data", str(tiny_npz), "--cache", str(cache_path),
@@ -233,6 +244,7 @@ def _launch(args, cwd):
     return res
 
 
+@pytest.mark.slow  # subprocess
 def test_two_processes_shard_data(tmp_path, tiny_npz, cache_path):
     (tmp_path / "script.py").write_text(SHARD_SCRIPT)
     _launch(["script.py", str(tiny_npz), str(cache_path), str(tmp_path)], tmp_path)
@@ -241,6 +253,7 @@ def test_two_processes_shard_data(tmp_path, tiny_npz, cache_path):
     assert len(a) == len(b) == 64 and not rows(a) & rows(b)  # 128 items, split without overlap
 
 
+@pytest.mark.slow  # subprocess
 def test_two_process_training_run(tmp_path, tiny_npz, cache_path):
     out = tmp_path / "ddp"
     _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
@@ -262,8 +275,12 @@ def test_config_layers_preset_yaml_flags(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 0.0005\nbatch_size: 16\nblock_out_channels: [32, 64]\n")
     p = argparse.ArgumentParser()
     _configure_parser(p)
-    cfg = load_config("imagenet-128", str(tmp_path / "c.yaml"), p.parse_args(["--batch-size", "4"]))
-    assert (cfg.resolution, cfg.lr, cfg.batch_size, cfg.block_out_channels) == (128, 5e-4, 4, (32, 64))
+    cfg = load_config("imagenet-128", str(tmp_path / "c.yaml"), p.parse_args(["--batch-size", "4", "--dropout", "0.1"]))
+    assert (cfg.resolution, cfg.lr, cfg.batch_size, cfg.unet.block_out_channels) == (128, 5e-4, 4, (32, 64))
+    assert cfg.unet.dropout == 0.1 and cfg.unet.attention_levels == (2, 3, 4)  # the preset's, under YAML and flags
+    (tmp_path / "nested.yaml").write_text("unet:\n  layers_per_block: 3\n")  # the nesting TrainConfig records
+    nested = load_config("imagenet-128", str(tmp_path / "nested.yaml"), p.parse_args([]))
+    assert nested.unet.layers_per_block == 3 and nested.unet.block_out_channels == (256, 256, 512, 768, 1024)
     (tmp_path / "bad.yaml").write_text("learning_rate: 1\n")
     with pytest.raises(ValueError, match="unknown keys"):
         load_config(None, str(tmp_path / "bad.yaml"), p.parse_args([]))

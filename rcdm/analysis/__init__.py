@@ -15,7 +15,7 @@ Every analysis is a function that samples from a pipeline with seeded per-sample
 """
 from .adversarial import adversarial, pgd_attack
 from .cli import add_parser
-from .common import AnalysisResult, encoder_view, load_bank, nearest_neighbours
+from .common import AnalysisResult, at_resolution, encoder_view, load_bank, nearest_neighbours
 from .interpolate import interpolate, interpolate_embeddings
 from .invariance import AUGMENTATIONS, AugmentParams, augment, invariance, statistic
 from .manipulate import common_dims, edit_embedding, manipulate
@@ -23,7 +23,7 @@ from .memorization import background_crop, memorization
 from .models import compare, layers
 from .spread import spread
 
-__all__ = ["AUGMENTATIONS", "AnalysisResult", "AugmentParams", "add_parser", "adversarial", "augment",
+__all__ = ["AUGMENTATIONS", "AnalysisResult", "AugmentParams", "add_parser", "adversarial", "at_resolution", "augment",
            "background_crop", "common_dims", "compare", "edit_embedding", "encoder_view", "interpolate",
            "interpolate_embeddings", "invariance", "layers", "load_bank", "manipulate", "memorization",
            "nearest_neighbours", "pgd_attack", "spread", "statistic"]

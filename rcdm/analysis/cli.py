@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import add_dtype_arg
-
-SCHEDULERS = ["ddpm", "ddim", "dpm++", "unipc"]  # rcdm.schedulers.SCHEDULERS, without importing diffusers
+from ..flags import add_model_flag, add_sampling_flags, load_pipeline, sampling_from_args
 
 
 # ------------------------------------------------------------------------------------------------ shared flags
-def _model_flag(p, many: bool = False) -> None:
-    if many:
-        p.add_argument("--model", nargs="+", required=True, metavar="M",
-                       help="pipeline directories or shipped model names; each is labelled by its directory name "
-                            "(or give NAME=PATH)")
+def _model_flag(p, many: str | None = None) -> None:
+    """One model (default: the shipped default), or several: `many` = "default" or "shipped" says which default."""
+    if many is None:
+        add_model_flag(p)
     else:
-        p.add_argument("--model", default=None,
-                       help="pipeline directory or shipped model name (default: the shipped CIFAR-10 backbone model)")
+        which = "every shipped model, the default first" if many == "shipped" else "the shipped default model"
+        add_model_flag(p, many=True, default_help=f"(default: {which})")
+    p.set_defaults(model_default=many)
 
 
 def _image_flags(p, num_images: int) -> None:
@@ -29,20 +27,6 @@ def _image_flags(p, num_images: int) -> None:
                    help=f"images to take from --data (default: {num_images})")
 
 
-def _sampling_flags(p, num_samples: int) -> None:
-    p.add_argument("--num-samples", type=int, default=num_samples,
-                   help=f"samples per input (per point, per condition) (default: {num_samples})")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
-    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS, help="sampler (default: ddim)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale; 1 = conditional only (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise generators (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="samples per sampler call; memory and speed only, not results (default: 64)")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)")
-    add_dtype_arg(p)
-
-
 def _output_flags(p, kind: str) -> None:
     p.add_argument("--out", default=f"{kind}.png", help=f"output PNG figure (default: {kind}.png)")
     p.add_argument("--json", default=None, help="output JSON of numbers (default: --out with a .json suffix)")
@@ -50,21 +34,21 @@ def _output_flags(p, kind: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _run(args):
-    from ..evaluate import Sampling
-
-    return Sampling(args.num_samples, args.steps, args.scheduler, args.guidance, args.seed, args.batch_size)
+    return sampling_from_args(args)
 
 
 def _pipe(name, args):
-    from ..cli import load_pipeline
-
     return load_pipeline(name, args.device, args.dtype)
 
 
 def _pipes(args) -> dict:
-    """NAME=PATH or PATH (named by its directory) -> {name: pipe}, in the order given."""
+    """NAME=PATH or PATH (named by its directory) -> {name: pipe}, in the order given; without --model, the
+    shipped default (or every shipped model, for the kinds that compare models)."""
+    from ..pipeline import DEFAULT_MODEL, shipped_models
+
+    specs = args.model or ([d.name for d in shipped_models()] if args.model_default == "shipped" else [DEFAULT_MODEL])
     out = {}
-    for spec in args.model:
+    for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else (Path(spec.rstrip("/")).name, "", spec)
         if name in out:
             raise ValueError(f"two models are named {name!r}; name them with NAME=PATH")
@@ -185,13 +169,13 @@ def cmd_memorization(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ parsers
-def _kind(sub, name: str, func, help: str, description: str, num_samples: int, many: bool = False,
+def _kind(sub, name: str, func, help: str, description: str, num_samples: int, many: str | None = None,
           images: int | None = None):
     p = sub.add_parser(name, help=help, description=description)
     _model_flag(p, many)
     if images is not None:
         _image_flags(p, images)
-    _sampling_flags(p, num_samples)
+    add_sampling_flags(p, num_samples)
     _output_flags(p, name)
     p.set_defaults(func=func)
     return p
@@ -199,7 +183,8 @@ def _kind(sub, name: str, func, help: str, description: str, num_samples: int, m
 
 def add_parser(sub) -> None:
     from .invariance import AUGMENTATIONS
-    from .memorization import BACKGROUNDS, MODES as MEM_MODES
+    from .memorization import BACKGROUNDS
+    from .memorization import MODES as MEM_MODES
 
     top = sub.add_parser("analyze", help="analyses of what a representation keeps: spread, compare, interpolate, "
                                          "manipulate, invariance, adversarial, memorization, layers",
@@ -212,7 +197,7 @@ def add_parser(sub) -> None:
           "K samples per image beside a heat map of the per-pixel standard deviation among them.", 8, images=4)
     _kind(kinds, "compare", cmd_compare, "two or more models side by side, with rank and diversity",
           "The same images and noise through several models; rank among the images in each model's own encoder "
-          "space, and diversity.", 4, many=True, images=4)
+          "space, and diversity.", 4, many="shipped", images=4)
     p = _kind(kinds, "interpolate", cmd_interpolate, "lerp and slerp between two images' embeddings",
               "Samples along the path from f(A) to f(B), t = 0 ... 1 with endpoints, the same noise at every "
               "point.", 1)
@@ -234,7 +219,7 @@ def add_parser(sub) -> None:
                    help="a dim is common if non-zero in more than this fraction of the neighbours (default: 0.5)")
     p = _kind(kinds, "invariance", cmd_invariance, "condition on f(t(x)): scores 1 = t kept, 0 = discarded",
               "Scores per augmentation and model; the statistics are defined in rcdm.analysis.invariance.", 4,
-              many=True, images=8)
+              many="default", images=8)
     p.add_argument("--augmentations", nargs="+", default=list(AUGMENTATIONS), choices=list(AUGMENTATIONS),
                    help=f"augmentations to test (default: all: {' '.join(AUGMENTATIONS)})")
     p.add_argument("--crop-frac", type=float, default=0.5, help="centre crop side / image side (default: 0.5)")
@@ -276,4 +261,4 @@ def add_parser(sub) -> None:
     p.add_argument("--knn-k", type=int, default=20, help="k of the kNN classifier that labels samples (default: 20)")
     _kind(kinds, "layers", cmd_layers, "one RCDM per layer of one encoder: rows = layers",
           "Guillotine Regularization: RCDMs trained on successive layers of one encoder, one grid row and one "
-          "table row (rank, diversity) per layer. Give --model in layer order.", 2, many=True, images=6)
+          "table row (rank, diversity) per layer. Give --model in layer order.", 2, many="shipped", images=6)

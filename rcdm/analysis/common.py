@@ -8,18 +8,18 @@ are known exactly.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data import check_bad, open_dataset, pil_to_uint8
-from ..encoders import resize_center_crop
-from ..evaluate import Sampling, _readable, sample_batches, sampler_setup, to_uint8
+from ..data import check_bad, open_dataset, readable_items
+from ..images import pil_to_uint8, resize_center_crop
+from ..sampling import Sampling
 
 FORMAT = "rcdm-analysis/1"
 PAD = 2  # pixels between grid tiles (rcdm.viz.image_grid)
@@ -67,14 +67,12 @@ def encoder_view(images, encoder) -> torch.Tensor:
     if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.ndim == 3):
         images = [images]  # one image; a (B, 3, H, W) tensor iterates over its rows
     p = encoder.preprocess
-    return torch.cat([resize_center_crop(_to_float(im)[None], p.size, p.crop) for im in images])
+    return torch.cat([p.view(_to_float(im)[None]) for im in images])
 
 
 def at_resolution(x: torch.Tensor, r: int) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 3, r, r), antialiased: encoder-view images next to samples at the model's resolution."""
-    if x.shape[-1] == r:
-        return x
-    return F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return x if x.shape[-1] == r else resize_center_crop(x, r).clamp(0, 1)
 
 
 def embed(encoder, x01: torch.Tensor) -> torch.Tensor:
@@ -82,15 +80,10 @@ def embed(encoder, x01: torch.Tensor) -> torch.Tensor:
     return encoder.encode(x01.to(encoder.device)).cpu()
 
 
-def to_pils(x01: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, R, R) in [0, 1] -> PIL images, rounded as the pipeline rounds."""
-    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in to_uint8(x01.cpu())]
-
-
 def read_images(data: str, num_images: int, split: str = "test") -> tuple[list[torch.Tensor], torch.Tensor]:
     """The first `num_images` readable items of a data spec (rcdm.data.open_dataset): uint8 tensors, labels."""
     bad = []
-    items = list(_readable(open_dataset(data, split), num_images, bad))  # one reader, shared with rcdm.evaluate
+    items = list(readable_items(open_dataset(data, split), num_images, bad))  # the reader rcdm.evaluate uses
     images, labels = [x for _, x, _ in items], [y for _, _, y in items]
     check_bad(bad, len(images) + len(bad), max_bad_frac=0.01)
     return images, torch.tensor(labels)
@@ -103,20 +96,15 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ sampling
 def default_run(run: Sampling | None, samples_per_image: int) -> Sampling:
+    """The analysis' own sample count when no run is given; every other field: the model's recorded choice."""
     return run if run is not None else Sampling(samples_per_image=samples_per_image)
 
 
-def draw(pipe, h: torch.Tensor, keys, run: Sampling) -> torch.Tensor:
-    """K = run.samples_per_image samples per row of h (N, D): (N*K, 3, R, R) in [0, 1] on the CPU, input-major.
-
-    Sample k of row i starts from noise seeded by (run.seed, keys[i], k) (rcdm.evaluate.sample_generators): rows
-    with equal keys get equal noise, which is how an analysis compares conditions with only h differing."""
-    keys = [int(k) for k in keys]
-    if len(keys) != len(h):
-        raise ValueError(f"{len(h)} embeddings but {len(keys)} noise keys")
-    ctx = sampler_setup(pipe, run.scheduler) if hasattr(pipe, "unet") else nullcontext()  # oracles have no UNet
-    with ctx:
-        return torch.cat([x.cpu() for _, x in sample_batches(pipe, h.cpu(), keys, run)])
+def run_record(run: Sampling, pipes) -> dict:
+    """The run as JSON, resolved against the model (or, for several, per model name): what was actually used."""
+    if isinstance(pipes, Mapping):
+        return {name: asdict(run.resolve(p)) for name, p in pipes.items()}
+    return asdict(run.resolve(pipes))
 
 
 def chunks(items: list, k: int) -> list[list]:

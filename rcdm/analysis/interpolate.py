@@ -2,12 +2,12 @@
 (the reference only covered t = 0.5 to 0.7)."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
-from .common import (AnalysisResult, at_resolution, chunks, cosine, default_run, draw, embed, encoder_view,
-                     labelled_grid, to_pils)
+from ..images import to_pil
+from ..sampling import sample
+from .common import (AnalysisResult, at_resolution, chunks, cosine, default_run, embed, encoder_view, labelled_grid,
+                     run_record)
 
 MODES = ("lerp", "slerp")
 
@@ -44,18 +44,18 @@ def interpolate(pipe, image_a, image_b, num_points: int = 8, modes=MODES, run=No
     k = run.samples_per_image
     x = encoder_view([image_a, image_b], pipe.encoder)  # (2, 3, C, C)
     h = embed(pipe.encoder, x)  # (2, D)
-    numbers = {"sampling": asdict(run), "t": torch.linspace(0, 1, num_points).tolist(),
+    numbers = {"sampling": run_record(run, pipe), "t": torch.linspace(0, 1, num_points).tolist(),
                "cos_a_b": cosine(h[0], h[1]).item()}
-    ends = to_pils(at_resolution(x, pipe.resolution))
+    ends = to_pil(at_resolution(x, pipe.resolution))
     rows, labels = [], []
     for mode in modes:
         path = interpolate_embeddings(h[0], h[1], num_points, mode)  # (n, D)
-        samples = draw(pipe, path, [0] * num_points, run)  # (n*K, 3, R, R), point-major
+        samples = sample(pipe, path, [0] * num_points, run)  # (n*K, 3, R, R), point-major
         h_hat = embed(pipe.encoder, samples).view(num_points, k, -1)  # (n, K, D)
         numbers[mode] = {"norm": path.norm(dim=1).tolist(),
                          "cos_samples_to_a": cosine(h_hat, h[0]).mean(1).tolist(),
                          "cos_samples_to_b": cosine(h_hat, h[1]).mean(1).tolist()}
-        per_point = chunks(to_pils(samples), k)  # n lists of K
+        per_point = chunks(to_pil(samples), k)  # n lists of K
         for j in range(k):
             rows.append([ends[0]] + [p[j] for p in per_point] + [ends[1]])
             labels.append(mode if k == 1 else f"{mode} #{j}")

@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import _RGB2YIQ, grayscale, hue_shift
-from .common import AnalysisResult, at_resolution, default_run, draw, embed, encoder_view, to_pils
+from ..images import to_pil
+from ..sampling import sample
+from .common import AnalysisResult, at_resolution, default_run, embed, encoder_view, run_record
 
 AUGMENTATIONS = ("flip", "crop", "hue", "grayscale", "rotation", "blur")
 HF_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
@@ -147,7 +149,7 @@ def invariance(pipes, images, augmentations=AUGMENTATIONS, params: AugmentParams
     results, examples = {}, {}
     for model, pipe in pipes.items():
         results[model], examples[model] = _one_model(pipe, images, augmentations, params, run)
-    numbers = {"augmentations": list(augmentations), "params": asdict(params), "sampling": asdict(run),
+    numbers = {"augmentations": list(augmentations), "params": asdict(params), "sampling": run_record(run, pipes),
                "models": results}
     return AnalysisResult("invariance", numbers, _figure(results, examples, augmentations))
 
@@ -159,7 +161,7 @@ def _one_model(pipe, images, augmentations, params, run):
     n = len(x)
     tx = [augment(a, x, params) for a in augmentations]
     h = embed(enc, torch.cat([x] + tx))  # ((1 + T) N, D): f(x), then f(t x) for every t
-    samples = draw(pipe, h, list(range(n)) * (1 + len(tx)), run).view(1 + len(tx), n * k, 3, r, r)
+    samples = sample(pipe, h, list(range(n)) * (1 + len(tx)), run).view(1 + len(tx), n * k, 3, r, r)
     xr, rep = at_resolution(x, r), (lambda v: v.repeat_interleave(k, 0))
     scores, parts = {}, {}
     for i, (a, t) in enumerate(zip(augmentations, tx)):
@@ -198,7 +200,7 @@ def _figure(results: dict, examples: dict, augmentations):
                title="how much of each augmentation t the samples from f(t x) show")
     ax_bar.legend(fontsize=8)
     first = next(iter(examples.values()))
-    rows = [to_pils(torch.stack(first[0]))] + [to_pils(torch.stack(ex[1])) for ex in examples.values()]
+    rows = [to_pil(torch.stack(first[0]))] + [to_pil(torch.stack(ex[1])) for ex in examples.values()]
     size = max(im.size[0] for row in rows for im in row)
     rows = [[im.resize((size, size)) for im in row] for row in rows]
     ax_img.imshow(image_grid(rows, upscale=max(1, 64 // size)))

@@ -2,12 +2,12 @@
 neighbours all use carry what they have in common; zero them, or transplant them from another image."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
-from .common import (AnalysisResult, at_resolution, chunks, cosine, default_run, draw, embed, encoder_view,
-                     labelled_grid, load_bank, nearest_neighbours, to_pils)
+from ..images import to_pil
+from ..sampling import sample
+from .common import (AnalysisResult, at_resolution, chunks, cosine, default_run, embed, encoder_view, labelled_grid,
+                     load_bank, nearest_neighbours, run_record)
 
 CONDITIONS = ("original", "zeroed", "transplanted")
 
@@ -42,9 +42,9 @@ def manipulate(pipe, source, target, bank, k: int = 10, eps: float = 1e-6, min_f
     idx = nearest_neighbours(h[0], feats, k)
     mask = common_dims(feats[idx], eps, min_frac)  # (D,)
     cond = torch.stack([h[0], edit_embedding(h[0], mask), edit_embedding(h[0], mask, h[1])])  # (3, D)
-    samples = draw(pipe, cond, [0, 0, 0], run)  # (3*K, 3, R, R), the same noise for all three
+    samples = sample(pipe, cond, [0, 0, 0], run)  # (3*K, 3, R, R), the same noise for all three
     h_hat = embed(pipe.encoder, samples).view(3, run.samples_per_image, -1)  # (3, K, D)
-    numbers = {"sampling": asdict(run), "k": k, "eps": eps, "min_frac": min_frac, "neighbours": idx.tolist(),
+    numbers = {"sampling": run_record(run, pipe), "k": k, "eps": eps, "min_frac": min_frac, "neighbours": idx.tolist(),
                "dim": int(mask.numel()), "num_common": int(mask.sum()), "common_dims": mask.nonzero()[:, 0].tolist(),
                "source_nonzero_frac": (h[0].abs() > eps).double().mean().item(), "conditions": {
                    c: {"cos_condition_to_source": cosine(cond[i], h[0]).item(),
@@ -52,8 +52,8 @@ def manipulate(pipe, source, target, bank, k: int = 10, eps: float = 1e-6, min_f
                        "cos_samples_to_source": cosine(h_hat[i], h[0]).mean().item(),
                        "cos_samples_to_target": cosine(h_hat[i], h[1]).mean().item()}
                    for i, c in enumerate(CONDITIONS)}}
-    ends = to_pils(at_resolution(x, pipe.resolution))
-    per = chunks(to_pils(samples), run.samples_per_image)
+    ends = to_pil(at_resolution(x, pipe.resolution))
+    per = chunks(to_pil(samples), run.samples_per_image)
     rows = [[ends[0]] + per[0], [ends[0]] + per[1], [ends[1]] + per[2]]
     labels = [f"{c}\ncos to src {numbers['conditions'][c]['cos_samples_to_source']:.2f}" for c in CONDITIONS]
     title = (f"{numbers['num_common']} of {numbers['dim']} dims common to the {k} nearest neighbours "

@@ -12,14 +12,14 @@ With real boxes (ImageNet), pass crops made from them as the images, with `backg
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 import torch.nn.functional as F
 
+from ..images import to_pil
 from ..metrics import class_agreement, knn_predict
-from .common import (AnalysisResult, at_resolution, chunks, default_run, draw, embed, encoder_view, labelled_grid,
-                     load_bank, nearest_neighbours, to_pils)
+from ..sampling import sample
+from .common import (AnalysisResult, at_resolution, chunks, default_run, embed, encoder_view, labelled_grid, load_bank,
+                     nearest_neighbours, run_record)
 
 BACKGROUNDS = ("frame", "corner", "none")
 MODES = ("patch", "knn")
@@ -72,7 +72,7 @@ def memorization(pipe, train_images, train_labels, test_images, test_labels, ban
                                      box_frac, modes, knn_k, run)
         figs += [(f"{split} #{i} (class {int(y[i])})", row) for i, row in enumerate(rows)]
     gap = {key: splits["train"][key] - splits["test"][key] for key in ["patch_knn_accuracy"] + list(modes)}
-    numbers = {"sampling": asdict(run), "background": background, "box_frac": box_frac, "k_neighbours": k_neighbours,
+    numbers = {"sampling": run_record(run, pipe), "background": background, "box_frac": box_frac, "k_neighbours": k_neighbours,
                "knn_k": knn_k, "bank_size": len(feats), "chance": 1 / int(labels.max() + 1), **splits,
                "gap": gap}
     title = (f"background '{background}' (centre box {box_frac:.0%} hidden); rows: image | background | samples "
@@ -95,12 +95,12 @@ def _split(pipe, images, y, feats, labels, k_neighbours, background, box_frac, m
                                                for h in h_bg])}
     samples = {}
     for m in modes:
-        samples[m] = draw(pipe, cond[m], range(len(x)), run)  # (N*K, 3, R, R)
+        samples[m] = sample(pipe, cond[m], range(len(x)), run)  # (N*K, 3, R, R)
         agree = class_agreement(feats, labels, h_full, embed(enc, samples[m]), y, knn_k)
         out[m], out["full_image_knn_accuracy"] = agree["samples"], agree["real"]
     r = pipe.resolution
-    per_mode = [chunks(to_pils(samples[m]), k) for m in modes]
+    per_mode = [chunks(to_pil(samples[m]), k) for m in modes]
     rows = [[a, b] + [s for pm in per_mode for s in pm[i]]
-            for i, (a, b) in enumerate(zip(to_pils(at_resolution(x[:NUM_EXAMPLES], r)),
-                                           to_pils(at_resolution(bg[:NUM_EXAMPLES], r))))]
+            for i, (a, b) in enumerate(zip(to_pil(at_resolution(x[:NUM_EXAMPLES], r)),
+                                           to_pil(at_resolution(bg[:NUM_EXAMPLES], r))))]
     return out, rows

@@ -2,14 +2,16 @@
 (Guillotine Regularization, Bordes et al. 2023: one RCDM per layer of one encoder, rows = layers)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
+from ..images import to_pil
 from ..metrics import diversity, rank_stats
-from .common import (AnalysisResult, at_resolution, blank_tile, chunks, default_run, draw, embed, encoder_view, fmt,
-                     labelled_grid, to_pils)
+from ..sampling import sample
+from .common import (AnalysisResult, at_resolution, blank_tile, chunks, default_run, embed, encoder_view, fmt,
+                     labelled_grid, run_record)
 
 
 @dataclass
@@ -31,7 +33,7 @@ def sample_models(pipes: Mapping, images, run) -> dict[str, ModelSamples]:
         if len(x) < 2:
             raise ValueError("ranking samples among the given images needs at least 2 images")
         h = embed(pipe.encoder, x)
-        samples = draw(pipe, h, range(len(x)), run)  # (N*K, 3, R, R)
+        samples = sample(pipe, h, range(len(x)), run)  # (N*K, 3, R, R)
         h_hat = embed(pipe.encoder, samples)
         out[name] = ModelSamples(at_resolution(x, pipe.resolution), samples, {
             "encoder": pipe.encoder.config(), "resolution": pipe.resolution,
@@ -46,11 +48,11 @@ def compare(pipes: Mapping, images, run=None) -> AnalysisResult:
         raise ValueError(f"compare needs at least 2 models, got {len(pipes)}")
     run = default_run(run, 4)
     res = sample_models(pipes, images, run)
-    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": asdict(run),
+    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": run_record(run, pipes),
                "models": {name: m.numbers for name, m in res.items()}}
     rows, labels = [], []
     size = max(m.inputs.shape[-1] for m in res.values())
-    per_model = {name: (to_pils(at_resolution(m.inputs, size)), chunks(to_pils(at_resolution(m.samples, size)),
+    per_model = {name: (to_pil(at_resolution(m.inputs, size)), chunks(to_pil(at_resolution(m.samples, size)),
                                                                         run.samples_per_image))
                  for name, m in res.items()}
     for i in range(numbers["num_images"]):
@@ -73,7 +75,7 @@ def layers(pipes: Mapping, images, run=None) -> AnalysisResult:
               "mean_rank": m.numbers["rank"]["mean"], "top1_pct": m.numbers["rank"]["top1_pct"],
               "pixel_rms": m.numbers["diversity"]["pixel_rms"],
               "feature_cosine": m.numbers["diversity"]["feature_cosine"]} for name, m in res.items()]
-    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": asdict(run),
+    numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": run_record(run, pipes),
                "same_encoder": len(specs) == 1, "table": table, "models": {name: m.numbers for name, m in res.items()}}
     return AnalysisResult("layers", numbers, _layers_figure(res, run.samples_per_image))
 
@@ -81,10 +83,10 @@ def layers(pipes: Mapping, images, run=None) -> AnalysisResult:
 def _layers_figure(res: dict[str, ModelSamples], k: int):
     size = max(m.inputs.shape[-1] for m in res.values())
     first = next(iter(res.values()))
-    rows = [[t for inp in to_pils(at_resolution(first.inputs, size)) for t in [inp] + [blank_tile(size)] * (k - 1)]]
+    rows = [[t for inp in to_pil(at_resolution(first.inputs, size)) for t in [inp] + [blank_tile(size)] * (k - 1)]]
     labels = ["inputs"]
     for name, m in res.items():
-        rows.append(to_pils(at_resolution(m.samples, size)))
+        rows.append(to_pil(at_resolution(m.samples, size)))
         labels.append(f"{name}\n{_summary(m.numbers, short=True)}")
     return labelled_grid(rows, labels, f"rows = layers, {k} samples per input, same noise in every row")
 

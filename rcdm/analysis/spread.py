@@ -1,11 +1,11 @@
 """Sample spread: many samples from one h, and where in the image they disagree (Bordes et al. 2022, Sec. 4)."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
+from ..images import to_pil
 from ..metrics import diversity
-from .common import (AnalysisResult, at_resolution, chunks, default_run, draw, embed, encoder_view, groups,
-                     heat_tile, labelled_grid, to_pils)
+from ..sampling import sample
+from .common import (AnalysisResult, at_resolution, chunks, default_run, embed, encoder_view, groups, heat_tile,
+                     labelled_grid, run_record)
 
 
 def spread(pipe, images, run=None) -> AnalysisResult:
@@ -21,9 +21,9 @@ def spread(pipe, images, run=None) -> AnalysisResult:
     if k < 2:
         raise ValueError("the spread of samples needs at least 2 samples per image")
     x = encoder_view(images, pipe.encoder)  # (N, 3, C, C)
-    samples = draw(pipe, embed(pipe.encoder, x), range(len(x)), run)  # (N*K, 3, R, R)
+    samples = sample(pipe, embed(pipe.encoder, x), range(len(x)), run)  # (N*K, 3, R, R)
     std = groups(samples, k).std(dim=1)  # (N, 3, R, R)
-    numbers = {"num_images": len(x), "sampling": asdict(run), "mean_pixel_std": std.mean().item(),
+    numbers = {"num_images": len(x), "sampling": run_record(run, pipe), "mean_pixel_std": std.mean().item(),
                "per_image_pixel_std": std.mean(dim=(1, 2, 3)).tolist(),
                "diversity": diversity(samples, embed(pipe.encoder, samples), k)}
     return AnalysisResult("spread", numbers, _figure(x, samples, std.mean(1), k, pipe.resolution, numbers))
@@ -32,7 +32,7 @@ def spread(pipe, images, run=None) -> AnalysisResult:
 def _figure(x, samples, std_map, k, r, numbers):
     vmax = std_map.max().item()
     rows = [[inp] + s + [heat_tile(m, vmax)]
-            for inp, s, m in zip(to_pils(at_resolution(x, r)), chunks(to_pils(samples), k), std_map)]
+            for inp, s, m in zip(to_pil(at_resolution(x, r)), chunks(to_pil(samples), k), std_map)]
     labels = [f"image {i}\nstd {v:.3f}" for i, v in enumerate(numbers["per_image_pixel_std"])]
     d = numbers["diversity"]
     title = (f"input | {k} samples | per-pixel std (black 0, yellow {vmax:.3f})\nmean pixel std "

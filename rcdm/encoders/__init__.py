@@ -1,0 +1,56 @@
+"""The frozen-encoder registry: a spec string -> a `FrozenEncoder` mapping [0, 1] images to (B, D) embeddings.
+
+Spec grammar (`list_encoders()` gives the forms for --help texts):
+
+    torchvision:ARCH            any torchvision classification architecture, random init
+    torchvision:ARCH@WEIGHTS    torchvision's published weights by enum name, e.g. IMAGENET1K_V1 (downloads)
+    torchvision:ARCH@PATH       a local state dict (.pth/.pt/.safetensors); its classifier keys may be absent
+    timm:NAME[@PATH]            a timm model (pretrained=False, num_classes=0), optionally with local weights
+    file:DIR | file:PATH        rcdm-native: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
+    RELEASE[@PATH]              an official SSL checkpoint by name (see RELEASES); @PATH = a local copy of that file
+
+Layers: `backbone` (pooled trunk), `projector` (the release's head), any module name (forward hook; maps are
+average-pooled, token sequences give their CLS token) and `a+b` concatenations.
+
+Layout: `frozen` (FrozenEncoder, Preprocess, read-outs), `weights` (safe file reading, strict loading), `builders`
+(torchvision, timm, file:), `releases` (official SSL checkpoints), `cifar` (the CIFAR ResNet of the shipped models).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .builders import FILE_ARCHS, _build_file, _build_timm, _build_torchvision
+from .frozen import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, EncoderNet, FrozenEncoder, Preprocess
+from .releases import RELEASES, Release, _build_release
+from .weights import read_weights
+
+__all__ = ["FILE_ARCHS", "IMAGENET_MEAN", "IMAGENET_PREPROCESS", "IMAGENET_STD", "RELEASES", "EncoderNet",
+           "FrozenEncoder", "Preprocess", "Release", "list_encoders", "load_encoder", "read_weights"]
+
+_SCHEMES: dict[str, Callable] = {"torchvision": _build_torchvision, "timm": _build_timm, "file": _build_file}
+_GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[@PATH]", "file:DIR")
+
+
+def list_encoders() -> list[str]:
+    """The spec forms and official release names, for --help texts."""
+    return list(_GRAMMAR) + [f"{name}[@PATH]" for name in RELEASES]
+
+
+def _build(spec: str, base_dir: Path | None):
+    name, _, source = spec.partition("@")
+    if name in RELEASES:
+        return _build_release(spec, RELEASES[name], source, base_dir)
+    scheme, sep, rest = spec.partition(":")
+    if sep and rest and scheme in _SCHEMES:
+        return _SCHEMES[scheme](spec, rest, base_dir)
+    raise ValueError(f"unknown encoder spec {spec!r}. Known: {', '.join(list_encoders())}. "
+                     "ARCH/NAME = a torchvision/timm model name, PATH = a local weights file (.pth/.safetensors).")
+
+
+def load_encoder(spec: str, layer: str = "backbone", device=None, base_dir: str | Path | None = None) -> FrozenEncoder:
+    """Build the frozen encoder a spec names (module docstring gives the grammar) and read out `layer`.
+
+    Relative paths in the spec resolve against `base_dir` (else the working directory); `.spec` keeps them as given."""
+    net, preprocess = _build(spec, Path(base_dir) if base_dir is not None else None)
+    return FrozenEncoder(net.to(device or "cpu"), spec, layer, preprocess)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC,
+                  # guided-diffusion's `center_crop_arr` (RCDM's data loader): halve with 2x2 box averaging while the
+                  # short side is at least twice the target, then bicubic
+                  "box-bicubic": TF.InterpolationMode.BICUBIC}
 
 
 def resize_center_crop(x: torch.Tensor, size: int, crop: int | None = None,
@@ -16,8 +20,20 @@ def resize_center_crop(x: torch.Tensor, size: int, crop: int | None = None,
     `crop` (default: `size`). uint8 stays uint8 (rounded); floats stay differentiable. Sizes and crop offsets are
     torchvision's, so PIL and tensor inputs agree."""
     crop = crop or size
+    if interpolation == "box-bicubic":
+        x = _halve_while_large(x, size)
     x = TF.resize(x, size, interpolation=INTERPOLATIONS[interpolation], antialias=True)
     return TF.center_crop(x, [crop, crop]).contiguous()  # strided crop views make convs ~50x slower
+
+
+def _halve_while_large(x: torch.Tensor, size: int) -> torch.Tensor:
+    """2x2 box averaging (PIL's BOX at half size) while the short side is >= 2 * size; uint8 stays uint8."""
+    if min(x.shape[-2:]) < 2 * size:
+        return x
+    dtype, y = x.dtype, x.float()
+    while min(y.shape[-2:]) >= 2 * size:
+        y = F.avg_pool2d(y.reshape(-1, *y.shape[-3:]), 2).reshape(*x.shape[:-2], *(s // 2 for s in y.shape[-2:]))
+    return y.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else y.to(dtype)
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The training objective as one small callable (EDM2 style): `loss = RCDMLoss(...)(unet, x0, h, generator)`."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,8 +34,12 @@ class RCDMLoss:
         drop = (torch.rand(b, generator=generator) < self.cond_drop_prob).to(x0.device)  # (B,)
         x_t = sched.add_noise(x0, noise, t)
         out = unet(x_t, t, h, drop_mask=drop)
+        pred, var = out.sample.float().split(x0.shape[1], dim=1) if out.sample.shape[1] == 2 * x0.shape[1] \
+            else (out.sample.float(), None)  # an ADM's 6 channels: eps, then the variance weight v
         target = noise if self.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-        per_sample = F.mse_loss(out.sample.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+        per_sample = F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+        if var is not None:  # L_hybrid = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, Sec. 3.1)
+            per_sample = per_sample + vlb_term(sched, x0.float(), x_t.float(), t, pred.detach(), var)
         loss = (per_sample * self.weight(t)).mean()
         if out.mean is not None:
             loss = loss + self.mean_loss_weight * F.mse_loss(out.mean.float(), x0.float())
@@ -47,3 +52,40 @@ class RCDMLoss:
         snr = compute_snr(self.noise_scheduler, t)  # (B,)
         clipped = snr.clamp(max=self.snr_gamma)
         return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+def vlb_term(sched, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+             v: torch.Tensor) -> torch.Tensor:
+    """L_t of the variational bound in bits per dimension, (B,), for a model with a learned variance.
+
+    The mean comes from the (detached) eps prediction, so this term trains only the variance: Sigma =
+    exp(v' log beta_t + (1 - v') log beta~_t), v' = (v + 1) / 2 (Nichol & Dhariwal 2021, Eq. 15). For t > 0 it is
+    KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)); for t = 0 the discretised Gaussian decoder NLL (Ho et al. 2020,
+    Eq. 13). lambda = 0.001 times T = 1000 timesteps makes the per-timestep weight 1, as in the reference."""
+    ac = sched.alphas_cumprod.to(x0.device)
+    b = sched.betas.to(x0.device)
+    ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+    post_var = b * (1 - ac_prev) / (1 - ac)
+    post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))  # clipped: beta~_0 = 0 replaced by beta~_1
+    c0, ct = b * ac_prev.sqrt() / (1 - ac), (1 - ac_prev) * (1 - b).sqrt() / (1 - ac)  # posterior mean coefficients
+
+    def at(a):  # (T,) -> (B, 1, 1, 1) at t
+        return a[t].view(-1, 1, 1, 1)
+
+    x0_pred = ((x_t - at((1 - ac).sqrt()) * eps) / at(ac.sqrt())).clamp(-1, 1)
+    mean_q, mean_p = at(c0) * x0 + at(ct) * x_t, at(c0) * x0_pred + at(ct) * x_t
+    frac = (v + 1) / 2
+    logvar_p = frac * at(torch.log(b)) + (1 - frac) * at(post_logvar)
+    logvar_q = at(post_logvar).expand_as(logvar_p)
+    kl = 0.5 * (-1 + logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + (mean_q - mean_p) ** 2 * torch.exp(-logvar_p))
+    nll = -_discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * logvar_p)
+    per_dim = torch.where(at(torch.arange(len(ac), device=x0.device)) == 0, nll, kl) / math.log(2.0)
+    return per_dim.mean(dim=(1, 2, 3))
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor):
+    """log p(x) of [-1, 1] images quantised to 256 bins under N(mean, exp(log_scale)^2) (Ho et al. 2020, Eq. 13)."""
+    normal = torch.distributions.Normal(mean, torch.exp(log_scale))
+    upper = torch.where(x > 0.999, torch.ones_like(x), normal.cdf(x + 1 / 255))
+    lower = torch.where(x < -0.999, torch.zeros_like(x), normal.cdf(x - 1 / 255))
+    return torch.log((upper - lower).clamp(min=1e-12))

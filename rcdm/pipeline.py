@@ -24,7 +24,7 @@ from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
 from .sampling import DEFAULT_SAMPLING as _DEFAULTS
-from .schedulers import make_scheduler, scheduler_name
+from .schedulers import make_scheduler, scheduler_name, uses_learned_variance
 
 PIPELINE_FILE = "rcdm_pipeline.json"
 FORMAT = "rcdm-pipeline/1"
@@ -45,11 +45,17 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     for cand in (p, pretrained_root() / p):
         if (cand / PIPELINE_FILE).is_file():
             return cand
+    from .convert import PUBLISHED, resolve_published
+
+    published = resolve_published(str(name_or_path)) if name_or_path else None  # downloads and converts once
+    if published is not None:
+        return published
     shipped = sorted(d.name for d in pretrained_root().glob("*") if (d / PIPELINE_FILE).is_file())
     raise FileNotFoundError(
         f"no RCDM pipeline at '{name_or_path or DEFAULT_MODEL}' (looked for {PIPELINE_FILE} there and in "
-        f"{pretrained_root()}). Shipped models: {shipped or 'none found'}. Pass a directory written by "
-        "`RCDMPipeline.save_pretrained` or `rcdm train`."
+        f"{pretrained_root()}). Shipped models: {shipped or 'none found'}; published ImageNet-128 RCDMs: "
+        f"{', '.join(sorted(PUBLISHED))} (NAME@RCDM_FILE[+ENCODER_FILE] for local copies). Or pass a directory "
+        "written by `RCDMPipeline.save_pretrained` or `rcdm train`."
     )
 
 
@@ -107,14 +113,16 @@ class RCDMPipeline(DiffusionPipeline):
                         scheduler: str | None = None):
         """Load a pipeline directory (or a shipped model by name; None = default). No flags are needed: the
         directory records the encoder spec, layer, dimension, preprocessing, resolution and schedule."""
-        from .encoders import load_encoder
+        from .encoders import Preprocess, load_encoder
 
         path = resolve_model_path(name_or_path)
         meta = read_meta(path)
-        unet = RCDMUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        unet = denoiser_class(path / "unet").from_pretrained(path / "unet", torch_dtype=torch_dtype)
         enc_cfg = meta["encoder"]
         if encoder is None:
             encoder = load_encoder(enc_cfg["spec"], enc_cfg["layer"], base_dir=path)
+            # The model's own view of the images (e.g. RCDM's [-1, 1] pixels), not the registry's default for the spec
+            encoder.preprocess = Preprocess.from_dict(enc_cfg["preprocess"])
         else:
             check_encoder_matches(encoder, enc_cfg, path)
         sched = make_scheduler(scheduler or meta.get("scheduler", _DEFAULTS["scheduler"]),
@@ -204,13 +212,18 @@ class RCDMPipeline(DiffusionPipeline):
         return x
 
     def _predict(self, x, t, h, guidance_scale):
-        """Model output in float32; classifier-free guidance as uncond + g (cond - uncond) (Ho & Salimans 2022)."""
+        """Model output in float32; classifier-free guidance as uncond + g (cond - uncond) (Ho & Salimans 2022).
+        A learned variance (channels 3-5 of an ADM) goes to the samplers that read it, from the conditional
+        half; the others get the mean prediction alone."""
         if guidance_scale == 1.0:
-            return self.unet(x.to(self.unet.dtype), t, h).sample.float()
-        drop = torch.cat([torch.zeros(len(h)), torch.ones(len(h))]).bool()
-        both = self.unet(torch.cat([x, x]).to(self.unet.dtype), t, torch.cat([h, h]), drop_mask=drop).sample.float()
-        cond, uncond = both.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+            out = self.unet(x.to(self.unet.dtype), t, h).sample.float()
+        else:
+            drop = torch.cat([torch.zeros(len(h)), torch.ones(len(h))]).bool()
+            both = self.unet(torch.cat([x, x]).to(self.unet.dtype), t, torch.cat([h, h]), drop_mask=drop).sample
+            cond, uncond = both.float().chunk(2)
+            c = x.shape[1]  # guidance moves the mean prediction; the variance stays the conditional one
+            out = torch.cat([uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], 1)
+        return out if uses_learned_variance(self.scheduler) else out[:, : x.shape[1]]
 
 
 def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type):
@@ -222,6 +235,14 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+
+
+def denoiser_class(unet_dir: Path):
+    """RCDMUNet, or ADMUNet for the reference network (converted RCDM checkpoints), by the saved class name."""
+    from .adm import ADMUNet
+
+    name = json.loads((Path(unet_dir) / "config.json").read_text()).get("_class_name")
+    return ADMUNet if name == "ADMUNet" else RCDMUNet
 
 
 def read_meta(name_or_path=None) -> dict:

@@ -19,12 +19,19 @@ SCHEDULERS = {
 
 
 def training_scheduler(prediction_type: str = "v_prediction", beta_schedule: str = "linear",
-                       num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """The forward process (Ho et al. 2020): the reference's linear betas over 1000 steps."""
+                       num_train_timesteps: int = 1000, variance_type: str = "fixed_small") -> DDPMScheduler:
+    """The forward process (Ho et al. 2020): the reference's linear betas over 1000 steps. `variance_type`
+    "learned_range" is for models with a learned variance (ADM: 6 output channels, Nichol & Dhariwal 2021, Eq. 15)."""
     # "trailing" spacing makes few-step samplers start at t = T-1 (Lin et al. 2024, Table 2).
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type=prediction_type, timestep_spacing="trailing",
-                         clip_sample=True, clip_sample_range=1.0)
+                         clip_sample=True, clip_sample_range=1.0, variance_type=variance_type)
+
+
+def uses_learned_variance(scheduler) -> bool:
+    """True for the samplers that read a model's predicted variance (DDPM ancestral); the others take the mean."""
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range") \
+        and isinstance(scheduler, DDPMScheduler)
 
 
 def make_scheduler(name: str, config):

@@ -83,12 +83,15 @@ PRESETS = {
     # Small and CPU-friendly: v-prediction, min-SNR-5, batch 32, lr 1e-3 with warmup gave a 4x better mean rank
     # than eps / batch 128 / 3e-4 for less CPU time, measured on the 2-core CPU the shipped models were trained on.
     "cifar10-32": TrainConfig(),
-    # The reference scale (Bordes et al. 2022, guided-diffusion ImageNet 128): 256 base channels, mult
-    # (1, 1, 2, 3, 4), attention at 32/16/8, AdamW 1e-4, EMA 0.9999, batch 256 in total.
+    # The reference network exactly (facebookresearch/RCDM MODEL_FLAGS_128, rcdm.adm: 422,603,782 parameters at
+    # ssl_dim 2048): 256 base channels, mult (1, 1, 2, 3, 4), attention at 32/16/8 px with 4 heads, ResBlock
+    # resampling, eps with a learned variance trained by the hybrid loss, uniform weights; AdamW 1e-4, EMA 0.9999,
+    # batch 256 in total. Beyond the reference: condition dropout 0.1 (a learned null h) for guidance.
     "imagenet-128": TrainConfig(
-        resolution=128, unet=UNetConfig(block_out_channels=(256, 256, 512, 768, 1024), attention_levels=(2, 3, 4),
-                                        mean_decoder=False),
-        batch_size=8, lr=1e-4, warmup_steps=1000, max_steps=600_000,
+        resolution=128, unet=UNetConfig(arch="adm", block_out_channels=(256, 256, 512, 768, 1024), layers_per_block=2,
+                                        attention_levels=(2, 3, 4), num_heads=4, mean_decoder=False,
+                                        prediction_type="epsilon", learn_sigma=True),
+        snr_gamma=0.0, mean_loss_weight=0.0, batch_size=8, lr=1e-4, warmup_steps=1000, max_steps=600_000,
         ema_power=2 / 3, checkpoint_every=5000, sample_every=5000, num_workers=8, sample_steps=50,
     ),
 }
@@ -114,10 +117,17 @@ class PairedDataset(torch.utils.data.Dataset):
 
 
 # -------------------------------------------------------------------------------------------------- objective
-def make_loss(cfg: TrainConfig, prediction_type: str) -> RCDMLoss:
-    """The objective for this run; `prediction_type` is the UNet's own (an --init-from model fixes it)."""
-    return RCDMLoss(prediction_type, cfg.snr_gamma, cfg.cond_drop_prob, cfg.mean_loss_weight,
-                    training_scheduler(prediction_type, cfg.beta_schedule))
+def make_loss(cfg: TrainConfig, unet) -> RCDMLoss:
+    """The objective for this run; the target is the UNet's own (an --init-from model fixes it)."""
+    return RCDMLoss(unet.config.prediction_type, cfg.snr_gamma, cfg.cond_drop_prob, cfg.mean_loss_weight,
+                    noise_schedule(cfg, unet))
+
+
+def noise_schedule(cfg: TrainConfig, unet):
+    """The forward process; "learned_range" output for a network that learns its variance (the reference ADM)."""
+    learned = getattr(unet.config, "learn_sigma", False)
+    return training_scheduler(unet.config.prediction_type, cfg.beta_schedule,
+                              variance_type="learned_range" if learned else "fixed_small")
 
 
 def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.Generator:
@@ -128,17 +138,16 @@ def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.
 
 # -------------------------------------------------------------------------------------------------- setup
 def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
-    from .model import RCDMUNet
-
     if cfg.init_from:
-        from .pipeline import resolve_model_path
+        from .pipeline import denoiser_class, resolve_model_path
 
-        unet = RCDMUNet.from_pretrained(resolve_model_path(cfg.init_from) / "unet", torch_dtype=torch.float32)
+        path = resolve_model_path(cfg.init_from) / "unet"
+        unet = denoiser_class(path).from_pretrained(path, torch_dtype=torch.float32)
         if unet.config.embedding_dim != dim:
             raise ValueError(f"--init-from {cfg.init_from} expects {unet.config.embedding_dim}-d embeddings, "
                              f"the cache has {dim}-d ones")
         return unet
-    unet = RCDMUNet(embedding_dim=dim, sample_size=cfg.resolution, **dataclasses.asdict(cfg.unet))
+    unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
     unet.set_embedding_stats(cache.embeddings.flatten(0, 1))
     return unet
 
@@ -254,7 +263,7 @@ def train(cfg: TrainConfig, command: str = "") -> Path:
     unet = build_unet(cfg, cache.dim, cache)
     if cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    loss_fn = make_loss(cfg, unet.config.prediction_type)
+    loss_fn = make_loss(cfg, unet)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
     dl = make_dataloader(cfg, cache)
@@ -395,8 +404,7 @@ def ema_pipeline(acc, cfg, ema, unet, cache):
     ema.copy_to(model.parameters())
     enc = cache.meta["encoder"]
     encoder = load_encoder(enc["spec"], enc["layer"])
-    sched = make_scheduler(DEFAULT_SAMPLING["scheduler"],
-                           training_scheduler(model.config.prediction_type, cfg.beta_schedule).config)
+    sched = make_scheduler(DEFAULT_SAMPLING["scheduler"], noise_schedule(cfg, model).config)
     pipe = RCDMPipeline(unet=model.eval(), scheduler=sched, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe

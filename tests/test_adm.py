@@ -1,0 +1,309 @@
+"""The reference ADM denoiser (rcdm.adm) and the conversion of the published RCDM checkpoints (rcdm.convert).
+
+`GDUNet` below is an independent re-statement of guided-diffusion's `UNetModel` as RCDM configures it (scale-shift
+ResBlocks that resample by average pooling / nearest upsampling, legacy QKV attention with heads split before
+q/k/v, sinusoidal [cos, sin] timestep embedding, h through one Linear added to the time embedding). Its module
+names are the released files' key names, so its state dict is a stand-in for a released checkpoint, and its
+forward is the oracle the converted diffusers-block network must match.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rcdm.adm import ADMUNet
+from rcdm.convert import PUBLISHED, REFERENCE, build_unet, convert, convert_state_dict, read_checkpoint
+
+
+def gn(c):
+    return nn.GroupNorm(32, c)
+
+
+class GDResBlock(nn.Module):
+    def __init__(self, cin, cout, temb, mode=None):
+        super().__init__()
+        self.mode = mode  # None, "up" or "down"
+        self.in_layers = nn.Sequential(gn(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(temb, 2 * cout))
+        self.out_layers = nn.Sequential(gn(cout), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def resample(self, x):
+        if self.mode == "up":
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.avg_pool2d(x, 2) if self.mode == "down" else x
+
+    def forward(self, x, emb):
+        h = self.in_layers[2](self.resample(self.in_layers[1](self.in_layers[0](x))))
+        x = self.resample(x)
+        scale, shift = self.emb_layers(emb)[..., None, None].chunk(2, dim=1)
+        h = self.out_layers[0](h) * (1 + scale) + shift
+        return self.skip_connection(x) + self.out_layers[3](self.out_layers[1](h))
+
+
+class GDAttention(nn.Module):
+    def __init__(self, c, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm, self.qkv, self.proj_out = gn(c), nn.Conv1d(c, 3 * c, 1), nn.Conv1d(c, c, 1)
+
+    def forward(self, x):
+        b, c, hh, ww = x.shape
+        qkv = self.qkv(self.norm(x.reshape(b, c, -1)))  # (B, 3C, T)
+        ch = c // self.heads
+        q, k, v = qkv.reshape(b * self.heads, 3 * ch, -1).split(ch, dim=1)  # heads split before q/k/v
+        w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(ch), dim=-1)
+        a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
+        return (x.reshape(b, c, -1) + self.proj_out(a)).reshape(b, c, hh, ww)
+
+
+class GDSeq(nn.Sequential):
+    def forward(self, x, emb):
+        for m in self:
+            x = m(x, emb) if isinstance(m, GDResBlock) else m(x)
+        return x
+
+
+class GDUNet(nn.Module):
+    def __init__(self, ssl_dim, mc, mult, nres, attn, heads, out_ch=6):
+        super().__init__()
+        self.mc, temb = mc, 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.ssl_emb = nn.Linear(ssl_dim, temb)
+        ch = mc * mult[0]
+        self.input_blocks, chans = nn.ModuleList([GDSeq(nn.Conv2d(3, ch, 3, padding=1))]), [ch]
+        for lvl, m in enumerate(mult):
+            for _ in range(nres):
+                layers = [GDResBlock(ch, mc * m, temb)] + ([GDAttention(mc * m, heads)] if lvl in attn else [])
+                ch = mc * m
+                self.input_blocks.append(GDSeq(*layers))
+                chans.append(ch)
+            if lvl < len(mult) - 1:
+                self.input_blocks.append(GDSeq(GDResBlock(ch, ch, temb, "down")))
+                chans.append(ch)
+        self.middle_block = GDSeq(GDResBlock(ch, ch, temb), GDAttention(ch, heads), GDResBlock(ch, ch, temb))
+        self.output_blocks = nn.ModuleList()
+        for lvl, m in reversed(list(enumerate(mult))):
+            for i in range(nres + 1):
+                layers = [GDResBlock(ch + chans.pop(), mc * m, temb)]
+                ch = mc * m
+                layers += [GDAttention(ch, heads)] if lvl in attn else []
+                layers += [GDResBlock(ch, ch, temb, "up")] if lvl and i == nres else []
+                self.output_blocks.append(GDSeq(*layers))
+        self.out = nn.Sequential(gn(ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
+
+    def forward(self, x, t, feat):
+        half = self.mc // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], dim=-1)) + self.ssl_emb(feat)
+        hs, h = [], x
+        for m in self.input_blocks:
+            h = m(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for m in self.output_blocks:
+            h = m(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+
+TINY = dict(mc=32, mult=(1, 2), nres=1, attn=(1,), heads=2)
+
+
+def tiny_pair(ssl_dim=8, seed=0):
+    torch.manual_seed(seed)
+    ref = GDUNet(ssl_dim, **TINY).eval()
+    for p in ref.parameters():  # no zero-initialised layers: every tensor must reach the output
+        nn.init.normal_(p, std=0.05)
+    adm = ADMUNet(embedding_dim=ssl_dim, sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_levels=(1,), num_heads=2).eval()
+    adm.load_state_dict({**adm.state_dict(), **convert_state_dict(ref.state_dict(), adm)})
+    return ref, adm
+
+
+def test_reference_preset_has_the_reference_parameter_count():
+    with torch.device("meta"):
+        n = sum(p.numel() for p in ADMUNet(embedding_dim=2048, **REFERENCE).parameters())
+    assert abs(n - 422_603_782) <= 0.001 * 422_603_782, n  # facebookresearch/RCDM, MODEL_FLAGS_128, ssl_dim 2048
+
+
+@pytest.mark.parametrize("ssl_dim", [2048, 256])
+def test_full_size_release_layout_converts_every_key_once(ssl_dim):
+    with torch.device("meta"):
+        ref = GDUNet(ssl_dim, mc=256, mult=(1, 1, 2, 3, 4), nres=2, attn=(2, 3, 4), heads=4)
+    state = ref.state_dict()
+    assert len(state) == 494 and "output_blocks.14.0.in_layers.0.weight" in state  # 15 up blocks
+    unet = build_unet(state)
+    out = convert_state_dict(state, unet)
+    params = {k for k, _ in unet.named_parameters()}
+    assert params == set(out)  # every parameter filled, and nothing else
+    assert sum(out[k].numel() for k in params) == sum(v.numel() for v in state.values())
+
+
+def test_converted_tiny_network_matches_the_reference_forward():
+    ref, adm = tiny_pair()
+    g = torch.Generator().manual_seed(1)
+    x, h = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 8, generator=g)
+    t = torch.tensor([0, 417, 999])
+    with torch.no_grad():
+        want, got = ref(x, t, h), adm(x, t, h).sample
+    assert want.shape == got.shape == (3, 6, 16, 16) and want.abs().mean() > 0.01
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the embedding reaches the output
+        assert (adm(x, t, h + 1).sample - got).abs().max() > 1e-3
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+    ref, _ = tiny_pair()
+    state = ref.state_dict()
+    torch.save(state, tmp_path / "ok.pt")
+    blob = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="truncated|not a readable"):
+        read_checkpoint(tmp_path / "cut.pt")
+    torch.save({"model": state}, tmp_path / "wrapped.pt")
+    with pytest.raises(ValueError, match="not an RCDM checkpoint"):
+        read_checkpoint(tmp_path / "wrapped.pt")
+    unet = ADMUNet(embedding_dim=8, sample_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                   attention_levels=(1,), num_heads=2)
+    extra = {**state, "label_emb.weight": torch.zeros(10, 128)}
+    with pytest.raises(ValueError, match="label_emb.weight"):
+        convert_state_dict(extra, unet)
+    missing = {k: v for k, v in state.items() if not k.startswith("out.2")}
+    with pytest.raises(ValueError, match="lacks 2 tensors"):
+        convert_state_dict(missing, unet)
+    wrong = {**state, "ssl_emb.weight": torch.zeros(128, 16)}
+    with pytest.raises(ValueError, match="ssl_dim"):
+        convert_state_dict(wrong, unet)
+
+
+def test_published_names_cover_the_nine_releases():
+    assert len(PUBLISHED) == 9
+    assert PUBLISHED["rcdm-imagenet128-dino-trunk"].layer == "backbone"
+    assert PUBLISHED["rcdm-imagenet128-vicreg-head"].encoder == "vicreg_resnet50"
+    assert PUBLISHED["rcdm-imagenet128-supervised"].stem == "supervised"
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def small_release(tmp_path_factory, tiny_encoder_dir):
+    """A released-layout checkpoint of the reference structure at width 32 (every level, every attention), for the
+    tiny test encoder's 64-d backbone, saved as the release files are: a plain state dict."""
+    torch.manual_seed(0)
+    ref = GDUNet(64, mc=32, mult=(1, 1, 2, 3, 4), nres=2, attn=(2, 3, 4), heads=4).eval()
+    for p in ref.parameters():
+        nn.init.normal_(p, std=0.02)
+    path = tmp_path_factory.mktemp("release") / "rcdm_ema_tiny_trunk.pt"
+    torch.save(ref.state_dict(), path)
+    return ref, path
+
+
+def test_convert_writes_a_self_describing_pipeline(small_release, tiny_encoder_dir, tmp_path):
+    from rcdm import RCDMPipeline
+    from rcdm.cli import main
+
+    ref, path = small_release
+    out = tmp_path / "converted"
+    assert main(["convert-rcdm", str(path), "--encoder", f"file:{tiny_encoder_dir}", "--out", str(out)]) == 0
+    pipe = RCDMPipeline.from_pretrained(out)
+    assert isinstance(pipe.unet, ADMUNet) and pipe.resolution == 128
+    pre = pipe.encoder.preprocess
+    assert (pre.size, pre.crop, pre.mean, pre.std, pre.pixel_range) == (224, 224, (0, 0, 0), (1, 1, 1), (-1, 1))
+    assert pipe.scheduler.config.variance_type == "learned_range" and pipe.sampling_defaults["num_inference_steps"] == 100
+    card = (out / "README.md").read_text()
+    assert "CC-BY-NC" in card and str(path) in card and "convert-rcdm" in card
+    x, t, h = torch.randn(2, 3, 128, 128), torch.tensor([5, 900]), torch.randn(2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, h).sample, ref(x, t, h), atol=1e-5, rtol=1e-5)
+    bad = main(["convert-rcdm", str(path), "--encoder", f"file:{tiny_encoder_dir}", "--layer", "projector",
+                "--out", str(tmp_path / "bad")])
+    assert bad == 2 and not (tmp_path / "bad").exists()  # 64-d RCDM vs the 16-d projector: refused, nothing written
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+def test_learned_variance_sampling_stays_in_range(small_release, tiny_encoder_dir, tmp_path, scheduler):
+    from rcdm import RCDMPipeline
+    from rcdm.schedulers import make_scheduler
+
+    _, path = small_release
+    out = convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path / "c")
+    pipe = RCDMPipeline.from_pretrained(out)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    pipe.scheduler.step = (lambda step: lambda out, *a, **k: seen.append(out.shape[1]) or step(out, *a, **k))(
+        pipe.scheduler.step)
+    h = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    x = pipe._sample(h, 3, 1.0, torch.Generator().manual_seed(0), None)  # (2, 3, 128, 128) before clamping
+    assert torch.isfinite(x).all() and x.abs().max() < 4
+    assert seen == [6 if scheduler == "ddpm" else 3] * 3  # DDPM reads the learned variance, DDIM the mean only
+    with pytest.raises(ValueError, match="classifier-free guidance is unavailable"):
+        pipe(embeddings=h, num_inference_steps=1, guidance_scale=2.0)
+
+
+def test_published_names_parse_local_copies(monkeypatch, tmp_path):
+    import rcdm.convert as C
+
+    calls = []
+    monkeypatch.setattr(C, "convert", lambda ckpt, enc, layer, out, **kw: calls.append((str(ckpt), enc, layer)) or out)
+    C.resolve_published("rcdm-imagenet128-dino-head@/w/rcdm_ema_dino_head.pt+/w/dino_full.pth", cache_dir=tmp_path)
+    C.resolve_published("rcdm-imagenet128-supervised@/w/rcdm_ema_supervised.pt", cache_dir=tmp_path)
+    assert calls == [("/w/rcdm_ema_dino_head.pt", "dino_resnet50@/w/dino_full.pth", "projector"),
+                     ("/w/rcdm_ema_supervised.pt", "torchvision:resnet50@IMAGENET1K_V1", "backbone")]
+    assert C.resolve_published("rcdm-cifar10-backbone", cache_dir=tmp_path) is None
+
+
+def test_rcdm_preprocessing_matches_center_crop_arr_on_a_photo():
+    """RCDM's encoder view (image_datasets.center_crop_arr at 224, then [-1, 1]) restated with PIL, against the
+    preprocessing a converted model records, on a real photograph (matplotlib's sample Grace Hopper, 512x600)."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    from rcdm.convert import RCDM_PREPROCESS
+    from rcdm.images import pil_to_uint8, resize_center_crop
+
+    img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    pil = img
+    while min(*pil.size) >= 2 * 224:  # center_crop_arr: halve with BOX filtering first, then BICUBIC
+        pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
+    scale = 224 / min(*pil.size)
+    pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil)
+    top, left = (arr.shape[0] - 224) // 2, (arr.shape[1] - 224) // 2
+    want = arr[top:top + 224, left:left + 224].astype(np.float64) / 127.5 - 1  # (224, 224, 3) in [-1, 1]
+    p = RCDM_PREPROCESS
+    x = resize_center_crop(pil_to_uint8(img)[None].float() / 255, p["size"], p["crop"], p["interpolation"])
+    lo, hi = p["pixel_range"]
+    got = ((x * (hi - lo) + lo)[0].permute(1, 2, 0)).double().numpy()  # (224, 224, 3)
+    assert np.abs(got - want).mean() * 127.5 < 1.0  # within one grey level on average (measured 0.56)
+
+
+def test_imagenet_preset_is_the_reference_network_and_trains(tmp_path, tiny_npz, tiny_encoder_dir):
+    """The imagenet-128 preset builds ADMUNet; a tiny copy of it trains a few steps with the hybrid loss and exports
+    a pipeline whose DDPM sampler reads the learned variance."""
+    import dataclasses
+
+    from rcdm import RCDMPipeline
+    from rcdm.cli import main
+    from rcdm.train import PRESETS, TrainConfig, train
+
+    preset = PRESETS["imagenet-128"]
+    with torch.device("meta"):
+        unet = preset.unet.build(2048, preset.resolution, null_embedding=False)
+    assert isinstance(unet, ADMUNet) and sum(p.numel() for p in unet.parameters()) == 422_603_782
+    cache = tmp_path / "emb.safetensors"
+    assert main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(cache)]) == 0
+    small = dataclasses.replace(preset.unet, block_out_channels=(32, 64), attention_levels=(1,), layers_per_block=1,
+                                num_heads=2)
+    cfg = dataclasses.replace(preset, data=str(tiny_npz), cache=str(cache), output_dir=str(tmp_path / "run"),
+                              resolution=16, unet=small, batch_size=4, max_steps=3, warmup_steps=1, log_every=1,
+                              sample_every=0, checkpoint_every=100, num_workers=0)
+    assert isinstance(cfg, TrainConfig)
+    pipe = RCDMPipeline.from_pretrained(train(cfg, "test"))
+    assert isinstance(pipe.unet, ADMUNet) and pipe.unet.null_embedding is not None  # trained with condition dropout
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    out = pipe(embeddings=torch.randn(2, 64), num_inference_steps=2, guidance_scale=2.0, output_type="pt").images
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()

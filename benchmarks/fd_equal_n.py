@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from rcdm import Sampling, sample
 from rcdm.data import open_dataset

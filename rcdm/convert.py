@@ -196,8 +196,7 @@ def convert(checkpoint, encoder: str, layer: str, out, command: str = "", source
                          f"encoder {encoder!r} layer {layer!r} gives {enc.dim}-d ones; pick the matching encoder/layer")
     from .encoders import Preprocess
 
-    enc.preprocess = Preprocess.from_dict({k: v for k, v in RCDM_PREPROCESS.items()
-                                           if k in Preprocess.__dataclass_fields__})
+    enc.preprocess = Preprocess.from_dict(RCDM_PREPROCESS)
     sched = make_scheduler("ddpm", training_scheduler("epsilon", variance_type="learned_range").config)
     pipe = RCDMPipeline(unet=unet.eval(), scheduler=sched, encoder=enc)
     pipe.sampling_defaults = {"num_inference_steps": 100, "guidance_scale": 1.0}

@@ -210,7 +210,8 @@ def test_convert_writes_a_self_describing_pipeline(small_release, tiny_encoder_d
     pipe = RCDMPipeline.from_pretrained(out)
     assert isinstance(pipe.unet, ADMUNet) and pipe.resolution == 128
     pre = pipe.encoder.preprocess
-    assert (pre.size, pre.crop, pre.mean, pre.std, pre.pixel_range) == (224, 224, (0, 0, 0), (1, 1, 1), (-1, 1))
+    assert (pre.size, pre.crop, pre.mean, pre.std, pre.pixel_range, pre.interpolation) == \
+        (224, 224, (0, 0, 0), (1, 1, 1), (-1, 1), "box-bicubic")
     assert pipe.scheduler.config.variance_type == "learned_range" and pipe.sampling_defaults["num_inference_steps"] == 100
     card = (out / "README.md").read_text()
     assert "CC-BY-NC" in card and str(path) in card and "convert-rcdm" in card
@@ -263,7 +264,8 @@ def test_rcdm_preprocessing_matches_center_crop_arr_on_a_photo():
     from PIL import Image
 
     from rcdm.convert import RCDM_PREPROCESS
-    from rcdm.images import pil_to_uint8, resize_center_crop
+    from rcdm.encoders import Preprocess
+    from rcdm.images import pil_to_uint8
 
     img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     pil = img
@@ -274,9 +276,9 @@ def test_rcdm_preprocessing_matches_center_crop_arr_on_a_photo():
     arr = np.asarray(pil)
     top, left = (arr.shape[0] - 224) // 2, (arr.shape[1] - 224) // 2
     want = arr[top:top + 224, left:left + 224].astype(np.float64) / 127.5 - 1  # (224, 224, 3) in [-1, 1]
-    p = RCDM_PREPROCESS
-    x = resize_center_crop(pil_to_uint8(img)[None].float() / 255, p["size"], p["crop"], p["interpolation"])
-    lo, hi = p["pixel_range"]
+    pre = Preprocess.from_dict(RCDM_PREPROCESS)  # what a converted model records and its encoder applies
+    x = pre.view(pil_to_uint8(img)[None].float() / 255)  # (1, 3, 224, 224) in [0, 1]
+    lo, hi = pre.pixel_range
     got = ((x * (hi - lo) + lo)[0].permute(1, 2, 0)).double().numpy()  # (224, 224, 3)
     assert np.abs(got - want).mean() * 127.5 < 1.0  # within one grey level on average (measured 0.56)
 

@@ -5,15 +5,21 @@ Spec grammar (`list_encoders()` gives the forms for --help texts):
     torchvision:ARCH            any torchvision classification architecture, random init
     torchvision:ARCH@WEIGHTS    torchvision's published weights by enum name, e.g. IMAGENET1K_V1 (downloads)
     torchvision:ARCH@PATH       a local state dict (.pth/.pt/.safetensors); its classifier keys may be absent
-    timm:NAME[@PATH]            a timm model (pretrained=False, num_classes=0), optionally with local weights
+    timm:NAME[@PATH]            a timm model (random init, num_classes=0), optionally with local weights
+    timm:NAME.TAG[@PATH]        timm's published weights for TAG (HF cache, else download) and their preprocessing;
+                                @PATH = a local file instead
+    hf:ORG/NAME[@DIR]           a transformers vision model (DINOv2, ViT-MAE, I-JEPA, data2vec-vision, CLIP, SigLIP,
+                                ViT) from the HF cache or the hub; @DIR = a local save_pretrained directory
     file:DIR | file:PATH        rcdm-native: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
     RELEASE[@PATH]              an official SSL checkpoint by name (see RELEASES); @PATH = a local copy of that file
 
 Layers: `backbone` (pooled trunk), `projector` (the release's head), any module name (forward hook; maps are
-average-pooled, token sequences give their CLS token) and `a+b` concatenations.
+average-pooled, token sequences give their CLS token) and `a+b` concatenations. ViTs also take `cls`, `mean`,
+`cls+mean` and `blocks.N` (see `vit`). PATH files may be solo-learn, lightly, MAE or I-JEPA checkpoints (`formats`).
 
-Layout: `frozen` (FrozenEncoder, Preprocess, read-outs), `weights` (safe file reading, strict loading), `builders`
-(torchvision, timm, file:), `releases` (official SSL checkpoints), `cifar` (the CIFAR ResNet of the shipped models).
+Layout: `frozen` (FrozenEncoder, Preprocess, read-outs), `vit` (ViT token read-outs), `weights` (safe file reading,
+strict loading), `formats` (training-codebase checkpoint layouts), `builders` (torchvision, timm, file:), `hf`
+(transformers models), `releases` (official SSL checkpoints), `cifar` (the CIFAR ResNet of the shipped models).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .builders import FILE_ARCHS, _build_file, _build_timm, _build_torchvision
+from .hf import _build_hf
 from .frozen import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, EncoderNet, FrozenEncoder, Preprocess
 from .releases import RELEASES, Release, _build_release
 from .weights import read_weights
@@ -28,8 +35,9 @@ from .weights import read_weights
 __all__ = ["FILE_ARCHS", "IMAGENET_MEAN", "IMAGENET_PREPROCESS", "IMAGENET_STD", "RELEASES", "EncoderNet",
            "FrozenEncoder", "Preprocess", "Release", "list_encoders", "load_encoder", "read_weights"]
 
-_SCHEMES: dict[str, Callable] = {"torchvision": _build_torchvision, "timm": _build_timm, "file": _build_file}
-_GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[@PATH]", "file:DIR")
+_SCHEMES: dict[str, Callable] = {"torchvision": _build_torchvision, "timm": _build_timm, "file": _build_file,
+                                 "hf": _build_hf}
+_GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[.TAG][@PATH]", "hf:ORG/NAME[@DIR]", "file:DIR")
 
 
 def list_encoders() -> list[str]:
@@ -45,7 +53,8 @@ def _build(spec: str, base_dir: Path | None):
     if sep and rest and scheme in _SCHEMES:
         return _SCHEMES[scheme](spec, rest, base_dir)
     raise ValueError(f"unknown encoder spec {spec!r}. Known: {', '.join(list_encoders())}. "
-                     "ARCH/NAME = a torchvision/timm model name, PATH = a local weights file (.pth/.safetensors).")
+                     "ARCH/NAME = a torchvision/timm model name, PATH = a local weights file (.pth/.safetensors), "
+                     "ORG/NAME = a Hugging Face hub model, DIR = its save_pretrained directory.")
 
 
 def load_encoder(spec: str, layer: str = "backbone", device=None, base_dir: str | Path | None = None) -> FrozenEncoder:

@@ -1,4 +1,7 @@
-"""Encoders by architecture: torchvision and timm models, and rcdm-native `file:` directories."""
+"""Encoders by architecture: torchvision and timm models, and rcdm-native `file:` directories.
+
+A local weights file (`@PATH`) may be a plain state dict or one of the training-codebase layouts of `formats`
+(solo-learn, lightly, MAE, I-JEPA); a head found there becomes the `projector`."""
 from __future__ import annotations
 
 import difflib
@@ -9,6 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from . import cifar
+from .formats import adapt_cifar_stem, head_from_state, named_from_sequential, split_checkpoint
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
 from .weights import _load_strict, _resolve_path, _without, read_weights
 
@@ -37,11 +41,24 @@ def _build_torchvision(spec: str, rest: str, base_dir):
         return EncoderNet(model), _torchvision_preprocess(enum[source])
     model = tvm.get_model(arch, weights=None)
     classifier = _strip_classifier(model, spec)
-    if source:
-        names = ", ".join(enum.__members__)
-        state = read_weights(_resolve_path(source, base_dir, f"{spec} (not a weights name either: {names})"))
-        _load_strict(model, _without(state, [classifier + "."]), spec)  # the classifier is not the representation
-    return EncoderNet(model), IMAGENET_PREPROCESS
+    if not source:
+        return EncoderNet(model), IMAGENET_PREPROCESS
+    names = ", ".join(enum.__members__)
+    path = _resolve_path(source, base_dir, f"{spec} (not a weights name either: {names})")
+    return _load_file(model, path, [classifier], spec), IMAGENET_PREPROCESS
+
+
+def _load_file(model: nn.Module, path, classifiers: list[str], spec: str) -> EncoderNet:
+    """Trunk (+ head, if the file has one) from a local file, every key accounted for. The classifier is not the
+    representation: its keys may be present or absent."""
+    split = split_checkpoint(read_weights(path), spec)
+    trunk = _without(named_from_sequential(split.trunk, model), [c + "." for c in classifiers])
+    if split.format == "solo-learn":
+        adapt_cifar_stem(model, trunk)
+    net = EncoderNet(model, head_from_state(split.head, spec))
+    state = {f"backbone.{k}": v for k, v in trunk.items()} | {f"projector.{k}": v for k, v in split.head.items()}
+    _load_strict(net, state, f"{spec} ({split.format} layout)")
+    return net
 
 
 def _torchvision_preprocess(weights) -> Preprocess:
@@ -53,25 +70,40 @@ def _import_timm():
     try:
         import timm
     except ImportError:
-        raise ImportError("this encoder needs timm: pip install timm") from None
+        raise ImportError("this encoder needs timm: pip install 'rcdm[timm]'") from None
     return timm
 
 
 def _build_timm(spec: str, rest: str, base_dir):
+    """timm:NAME (random), timm:NAME.TAG (timm's published weights: HF cache, else download) or timm:NAME[.TAG]@PATH
+    (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`)."""
     timm = _import_timm()
     name, _, source = rest.partition("@")
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    except RuntimeError as e:  # timm's "Unknown model"
-        raise ValueError(f"{spec}: {e}") from None
+    model = _create_timm(timm, name, "." in name and not source, spec)
+    net = EncoderNet(model)
     if source:
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = [classifier] if isinstance(classifier, str) else list(classifier)
-        state = read_weights(_resolve_path(source, base_dir, spec))
-        _load_strict(model, _without(state, [c + "." for c in classifier]), spec)
-    cfg = timm.data.resolve_data_config({}, model=model)
+        net = _load_file(model, _resolve_path(source, base_dir, spec), classifier, spec)
+    return net, _timm_preprocess(timm.data.resolve_data_config({}, model=model))
+
+
+def _create_timm(timm, name: str, pretrained: bool, spec: str) -> nn.Module:
+    try:  # pretrained: timm reads the HF cache (hf_hub_id) or downloads; its own loader is strict
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except RuntimeError as e:  # timm's "Unknown model" / "Invalid pretrained tag"
+        raise ValueError(f"{spec}: {e}") from None
+    except OSError as e:  # huggingface_hub's cache misses and connection errors are OSErrors
+        raise OSError(f"{spec}: could not fetch timm's weights for {name!r} (offline and not in the HF cache?): "
+                      f"{str(e).splitlines()[0]}. Download once online, or pass a local file: timm:{name}@PATH")
+
+
+def _timm_preprocess(cfg: dict) -> Preprocess:
+    """timm's data config (from the tag's pretrained_cfg) -> Preprocess: resize to crop / crop_pct, centre crop."""
     crop = cfg["input_size"][-1]
-    return EncoderNet(model), Preprocess(math.floor(crop / cfg["crop_pct"]), crop, cfg["mean"], cfg["std"])
+    interpolation = cfg.get("interpolation", "bilinear")
+    interpolation = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+    return Preprocess(math.floor(crop / cfg["crop_pct"]), crop, cfg["mean"], cfg["std"], interpolation=interpolation)
 
 
 # config.json "arch" -> builder of an nn.Module with .backbone and .projector

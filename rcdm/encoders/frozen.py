@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..images import pil_to_uint8, resize_center_crop
+from ..images import INTERPOLATIONS, pil_to_uint8, resize_center_crop
+from .vit import pool_tokens, resolve_vit_layer, token_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,15 +20,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How [0, 1] pixels become the network's input: shorter side to `size`, centre crop `crop`, map [0, 1] to
-    `pixel_range`, then (x - mean) / std. RCDM's reference fed its encoders [-1, 1] pixels: `pixel_range` records
-    such quirks."""
+    """How [0, 1] pixels become the network's input: shorter side to `size` (antialiased `interpolation`), centre
+    crop `crop`, map [0, 1] to `pixel_range`, then (x - mean) / std. RCDM's reference fed its encoders [-1, 1]
+    pixels: `pixel_range` records such quirks. Configs written before `interpolation` existed mean bilinear."""
 
     size: int
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pixel_range: tuple[float, float] = (0.0, 1.0)
+    interpolation: str = "bilinear"  # or "bicubic" (DINO's and most ViTs' evaluation resize)
 
     def __post_init__(self):  # JSON gives lists; keep tuples so configs compare equal after a round trip
         for name in ("mean", "std", "pixel_range"):
@@ -36,11 +38,15 @@ class Preprocess:
             raise ValueError(f"Preprocess needs 3 means, 3 stds and a (low, high) pixel range; got {self}")
         if not 0 < self.crop <= self.size:
             raise ValueError(f"Preprocess crop ({self.crop}) must be positive and at most size ({self.size})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"Preprocess interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, crop, crop), resized and centre-cropped. An image already crop x crop is taken as
         preprocessed and returned unchanged (the analyses transform images in this view and hand them back)."""
-        return x if tuple(x.shape[-2:]) == (self.crop, self.crop) else resize_center_crop(x, self.size, self.crop)
+        if tuple(x.shape[-2:]) == (self.crop, self.crop):
+            return x
+        return resize_center_crop(x, self.size, self.crop, self.interpolation)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -71,8 +77,8 @@ class FrozenEncoder(nn.Module):
     def __init__(self, net: nn.Module, spec: str, layer: str, preprocess: Preprocess):
         super().__init__()
         self.net, self.spec, self.layer, self.preprocess = net, spec, layer, preprocess
-        self._layers = _resolve_layers(net, layer, spec)  # [(name, module or None for backbone/projector)]
-        self._need_head = any(name == "projector" or _inside(m, net.projector) for name, m in self._layers)
+        self._layers = _resolve_layers(net, layer, spec)  # [(name, module or None for backbone/projector, pooling)]
+        self._need_head = any(name == "projector" or _inside(m, net.projector) for name, m, _ in self._layers)
         self.requires_grad_(False)
         self.train(False)
         self.dim = self._output_dim()
@@ -109,8 +115,8 @@ class FrozenEncoder(nn.Module):
 
     def _read_out(self, x: torch.Tensor) -> torch.Tensor:
         feats: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(partial(_store_pooled, feats, name))
-                 for name, m in self._layers if m is not None]
+        hooks = [m.register_forward_hook(partial(_store_pooled, feats, name, pool))
+                 for name, m, pool in self._layers if m is not None]
         try:
             h = self.net.backbone(x)  # (B, D_backbone)
             z = self.net.projector(h) if self._need_head else None  # (B, D_projector)
@@ -118,10 +124,10 @@ class FrozenEncoder(nn.Module):
             for hook in hooks:
                 hook.remove()
         feats.update(backbone=h, projector=z)
-        missing = [name for name, _ in self._layers if feats.get(name) is None]
+        missing = [name for name, _, _ in self._layers if feats.get(name) is None]
         if missing:
             raise ValueError(f"{self.spec}: layer(s) {missing} produced no output in the forward pass")
-        return torch.cat([feats[name].flatten(1) for name, _ in self._layers], dim=1)
+        return torch.cat([feats[name].flatten(1) for name, _, _ in self._layers], dim=1)
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -151,7 +157,8 @@ class FrozenEncoder(nn.Module):
     def _load_image(self, img) -> torch.Tensor:  # -> uint8 (3, crop, crop)
         from ..data import open_image
 
-        return resize_center_crop(pil_to_uint8(open_image(img)), self.preprocess.size, self.preprocess.crop)
+        p = self.preprocess
+        return resize_center_crop(pil_to_uint8(open_image(img)), p.size, p.crop, p.interpolation)
 
     def config(self) -> dict:
         """What a checkpoint records to reload this encoder and check it: JSON-serialisable."""
@@ -159,14 +166,17 @@ class FrozenEncoder(nn.Module):
 
 
 
-def _store_pooled(feats, name, module, inputs, output):
-    """Forward hook: pool at once, before any in-place op downstream can change the tensor."""
+def _store_pooled(feats, name, pool, module, inputs, output):
+    """Forward hook: pool at once, before any in-place op downstream can change the tensor. `pool` = (how,
+    num_prefix) for a ViT's token sequences, None elsewhere (sequences then give their first token)."""
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):  # transformers blocks
+        output = output[0]
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another module")
     if output.ndim == 4:  # (B, C, H, W) feature map -> global average pool
         output = output.mean(dim=(2, 3))
-    elif output.ndim == 3:  # (B, N, C) tokens -> CLS token
-        output = output[:, 0]
+    elif output.ndim == 3:  # (B, N, C) tokens -> CLS token or patch mean
+        output = pool_tokens(output, *(pool or ("cls", 0)))
     feats[name] = output  # (B, C)
 
 
@@ -174,17 +184,27 @@ def _inside(module, parent) -> bool:
     return module is not None and parent is not None and any(module is m for m in parent.modules())
 
 
-def _resolve_layers(net, layer: str, spec: str) -> list[tuple[str, nn.Module | None]]:
-    """'backbone+layer3' -> [('backbone', None), ('layer3', <module>)]; names may be relative to the trunk."""
+def _resolve_layers(net, layer: str, spec: str) -> list[tuple[str, nn.Module | None, tuple | None]]:
+    """'backbone+layer3' -> [('backbone', None, None), ('layer3', <module>, None)]; names may be relative to the
+    trunk. ViT backbones also take 'cls', 'mean' and 'blocks.N' (see `vit`), whose pooling rides along."""
     names = [n.strip() for n in layer.split("+")]
     if not all(names):
         raise ValueError(f"layer {layer!r}: empty name; use e.g. 'backbone', 'projector' or 'backbone+projector'")
+    layout = token_layout(net.backbone)
     out = []
     for name in names:
         if name == "projector" and net.projector is None:
             raise ValueError(f"{spec}: no projector (head) in this model or checkpoint; use layer 'backbone' or a "
                              "module name (official releases: load the full checkpoint, not the backbone-only file)")
-        out.append((name, None if name in ("backbone", "projector") else _find_module(net, name, spec)))
+        if name in ("backbone", "projector"):
+            out.append((name, None, None))
+            continue
+        vit = resolve_vit_layer(net, layout, name, spec) if layout else None
+        if vit:
+            out.append((name, vit[0], (vit[1], layout.num_prefix)))
+        else:
+            pool = (layout.default_pool, layout.num_prefix) if layout else None
+            out.append((name, _find_module(net, name, spec), pool))
     return out
 
 

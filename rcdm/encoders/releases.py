@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .builders import _import_timm
-from .frozen import IMAGENET_PREPROCESS, EncoderNet
+from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
 from .weights import _download, _load_strict, _resolve_path, read_weights
 
 def _resnet50_trunk() -> nn.Module:
@@ -61,9 +61,13 @@ class Release:
     head_layout: str  # see _HEAD_LAYERS
     head_rename: tuple[tuple[str, str], ...] = ()  # head key prefix -> nn.Sequential index prefix
     ignore: tuple[str, ...] = ()  # tensors that are not part of the representation
+    preprocess: Preprocess = IMAGENET_PREPROCESS  # the release's evaluation transform
 
 
+# DINO's eval_linear.py / eval_knn.py: Resize(256, interpolation=3 = bicubic), CenterCrop(224)
 _DINO_HEAD = dict(unwrap=("teacher",), trunk_prefixes=("module.backbone.", "backbone.", ""),
+                  preprocess=Preprocess(256, 224, IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std,
+                                        interpolation="bicubic"),
                   head_prefixes=("module.head.mlp.", "head.mlp."),
                   # last_layer: the (weight-normed) prototype layer producing 60000/65536 logits, not a representation
                   ignore=("module.head.last_layer.", "head.last_layer."))
@@ -163,4 +167,4 @@ def _build_release(spec: str, rel: Release, source: str, base_dir):
     net = net.to_empty(device="cpu")
     full = {f"backbone.{k}": v for k, v in trunk.items()} | {f"projector.{k}": v for k, v in head.items()}
     _load_strict(net, full, spec)
-    return net, IMAGENET_PREPROCESS
+    return net, rel.preprocess

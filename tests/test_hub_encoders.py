@@ -1,0 +1,391 @@
+"""Hub encoders, offline: `hf:` models saved with save_pretrained in the hub layout, `timm:NAME.TAG@PATH`, the ViT
+read-outs (cls / mean / blocks.N), Preprocess.interpolation, and the solo-learn, lightly, MAE and I-JEPA checkpoint
+layouts. Every embedding is checked against the library's own forward on the same preprocessed tensor."""
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from rcdm.encoders import IMAGENET_PREPROCESS, RELEASES, FrozenEncoder, Preprocess, load_encoder
+from rcdm.images import resize_center_crop
+
+T = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+            patch_size=8)
+
+
+def _noisy(state, seed=0):
+    """Small random rescaling, so that loaded weights cannot equal a fresh init by accident."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v * (1 + 0.01 * torch.rand(v.shape, generator=g)) if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+# ---------------------------------------------------------------- hf: families in the hub's own layout
+
+def _clip_full():  # openai/clip-* repos hold the whole CLIPModel (text tower too); rcdm loads the vision tower
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    return T.CLIPModel(T.CLIPConfig(text_config=text, vision_config=TINY, projection_dim=16))
+
+
+def _siglip_full():
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    return T.SiglipModel(T.SiglipConfig(text_config=text, vision_config=TINY))
+
+
+# name -> (hub-layout model, image processor, reference class + from_pretrained kwargs, backbone read-out, prefix)
+# Read-outs: "pooler" = pooler_output, "cls" = last_hidden_state[:, 0], "mean" = mean of the patch tokens.
+FAMILIES = {
+    "dinov2": (lambda: T.Dinov2Model(T.Dinov2Config(**TINY)),
+               lambda: T.BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                                           image_mean=MEAN, image_std=STD, resample=3),
+               (T.Dinov2Model, {}), "pooler", 1),
+    "dinov2_registers": (lambda: T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(num_register_tokens=4,
+                                                                                         **TINY)),
+                         lambda: T.BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                                                     image_mean=MEAN, image_std=STD, resample=3),
+                         (T.Dinov2WithRegistersModel, {}), "pooler", 5),
+    # facebook/vit-mae-* repos hold ViTMAEForPreTraining (the pixel decoder too)
+    "vit_mae": (lambda: T.ViTMAEForPreTraining(T.ViTMAEConfig(decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                                              decoder_num_attention_heads=2,
+                                                              decoder_intermediate_size=32, **TINY)),
+                lambda: T.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD),
+                (T.ViTMAEModel, {"mask_ratio": 0.0}), "cls", 1),
+    "ijepa": (lambda: T.IJepaModel(T.IJepaConfig(**TINY)),
+              lambda: T.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD,
+                                          resample=3),
+              (T.IJepaModel, {}), "mean", 0),
+    "data2vec_vision": (lambda: T.Data2VecVisionModel(T.Data2VecVisionConfig(**TINY)),
+                        lambda: T.BeitImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
+                                                     image_mean=(0.5,) * 3, image_std=(0.5,) * 3),
+                        (T.Data2VecVisionModel, {}), "mean", 1),
+    "clip": (_clip_full, lambda: T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32,
+                                                                                             "width": 32}),
+             (T.CLIPVisionModel, {}), "pooler", 1),
+    "siglip": (_siglip_full, lambda: T.SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2),
+               (T.SiglipVisionModel, {}), "pooler", 0),
+    "vit": (lambda: T.ViTModel(T.ViTConfig(**TINY), add_pooling_layer=False),
+            lambda: T.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD,
+                                        resample=3),
+            (T.ViTModel, {"add_pooling_layer": False}), "cls", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """name -> a save_pretrained directory: config.json + model.safetensors + preprocessor_config.json."""
+    root = tmp_path_factory.mktemp("hub")
+    for i, (name, (build, processor, *_)) in enumerate(FAMILIES.items()):
+        torch.manual_seed(i)
+        model = build()
+        model.load_state_dict(_noisy(model.state_dict(), i))  # e.g. LayerNorms away from (1, 0)
+        model.save_pretrained(root / name)
+        processor().save_pretrained(root / name)
+    return root
+
+
+def _reference(hub, name):
+    """The transformers model exactly as transformers loads it, and its preprocessing, from the same directory."""
+    _, _, (cls, kwargs), pool, prefix = FAMILIES[name]
+    return cls.from_pretrained(hub / name, **kwargs).eval(), pool, prefix
+
+
+def _direct(model, x01, pre: Preprocess):
+    """The library's forward on the preprocessed tensor (x01 already crop x crop: no resize)."""
+    lo, hi = pre.pixel_range
+    x = ((x01 * (hi - lo) + lo) - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    extra = {}
+    if isinstance(model, T.ViTMAEModel):  # ids_restore order = identity: argsort of increasing noise
+        extra["noise"] = torch.arange(16.0).expand(len(x), 16)
+    with torch.no_grad():
+        return model(pixel_values=x, output_hidden_states=True, **extra)
+
+
+def _pool(tokens, how, prefix):
+    return tokens[:, 0] if how == "cls" else tokens[:, prefix:].mean(1)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_hf_readouts_equal_the_transformers_forward(name, hub):
+    ref, pool, prefix = _reference(hub, name)
+    enc = load_encoder(f"hf:org/{name}@{name}", "backbone", base_dir=hub)
+    x = torch.rand(2, 3, 32, 32)
+    out = _direct(ref, x, enc.preprocess)
+    lhs, hidden = out.last_hidden_state, out.hidden_states  # (2, N, 32), embeddings + one per block
+    default = "cls" if prefix else "mean"
+    want = {"backbone": out.pooler_output if pool == "pooler" else _pool(lhs, pool, prefix),
+            "mean": lhs[:, prefix:].mean(1), "blocks.0": _pool(hidden[1], default, prefix),
+            "blocks.1": _pool(hidden[2], default, prefix)}
+    if prefix:
+        want["cls"] = lhs[:, 0]
+        want["cls+mean"] = torch.cat([lhs[:, 0], lhs[:, prefix:].mean(1)], 1)
+    for layer, w in want.items():
+        got = FrozenEncoder(enc.net, enc.spec, layer, enc.preprocess)
+        assert got.dim == w.shape[1] == (64 if layer == "cls+mean" else 32), layer
+        torch.testing.assert_close(got(x), w, rtol=0, atol=1e-5, msg=f"{name} {layer}")
+
+
+def test_hf_preprocessing_comes_from_the_processor_config(hub):
+    got = {name: load_encoder(f"hf:o/{name}@{hub / name}").preprocess for name in ("dinov2", "siglip", "clip")}
+    assert got["dinov2"] == Preprocess(36, 32, MEAN, STD, interpolation="bicubic")
+    assert got["siglip"] == Preprocess(32, 32, (0.5,) * 3, (0.5,) * 3, interpolation="bilinear")
+    clip = T.CLIPImageProcessor()
+    assert got["clip"] == Preprocess(32, 32, clip.image_mean, clip.image_std, interpolation="bicubic")
+    enc = load_encoder(f"hf:o/dinov2@{hub / 'dinov2'}")
+    assert enc.config()["preprocess"]["interpolation"] == "bicubic" and enc.spec == f"hf:o/dinov2@{hub / 'dinov2'}"
+
+
+def test_hf_mae_is_deterministic(hub):
+    enc = load_encoder(f"hf:facebook/vit-mae-base@{hub / 'vit_mae'}", "cls+mean")
+    x = torch.rand(3, 3, 40, 48)  # resized and cropped by the recorded preprocessing
+    a, b = enc(x), enc(x)
+    assert torch.equal(a, b) and enc.net.backbone.model.config.mask_ratio == 0.0
+    assert torch.equal(enc(x[:1]), a[:1])  # no batch-dependent masking either
+
+
+def test_hf_missing_weights_and_bad_specs_are_refused(hub, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("config.json", "preprocessor_config.json"):
+        (bad / f).write_bytes((hub / "dinov2" / f).read_bytes())
+    state = load_file(str(hub / "dinov2" / "model.safetensors"))
+    key = next(k for k in state if "layer.1.mlp.fc2.weight" in k)
+    state[key.replace("fc2", "fc_2")] = state.pop(key)
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"missing .*layer\.1\.mlp\.fc2\.weight"):
+        load_encoder(f"hf:o/x@{bad}")
+    (bad / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="'bert' is not supported.*dinov2"):
+        load_encoder(f"hf:o/x@{bad}")
+    with pytest.raises(OSError, match="hf:nobody/nothing-here.*save_pretrained"):
+        load_encoder("hf:nobody/nothing-here")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_encoder("hf:o/x@nope", base_dir=tmp_path)
+    with pytest.raises(ValueError, match="no CLS token"):
+        load_encoder(f"hf:o/x@{hub / 'ijepa'}", "cls")
+    with pytest.raises(ValueError, match=r"blocks\.0 \.\.\. blocks\.1"):
+        load_encoder(f"hf:o/x@{hub / 'ijepa'}", "blocks.2")
+
+
+def test_missing_extras_name_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ImportError, match=r"pip install 'rcdm\[hf\]'"):
+        load_encoder("hf:facebook/dinov2-small")
+    with pytest.raises(ImportError, match=r"pip install 'rcdm\[timm\]'"):
+        load_encoder("timm:vit_small_patch16_224.dino")
+
+
+# ---------------------------------------------------------------- timm tags and ViT read-outs
+
+def _timm_state(name):
+    return _noisy(timm.create_model(name, pretrained=False).state_dict())
+
+
+def test_timm_tag_with_local_file(tmp_path):
+    state = _timm_state("test_vit")  # the classifier ("head.*") is in the file and dropped
+    torch.save(state, tmp_path / "w.pth")
+    enc = load_encoder("timm:test_vit.r160_in1k@w.pth", "cls+mean", base_dir=tmp_path)
+    cfg = timm.data.resolve_data_config({}, model=enc.net.backbone)
+    assert cfg["interpolation"] == "bicubic" and enc.preprocess.interpolation == "bicubic"
+    assert enc.preprocess.crop == cfg["input_size"][-1] and enc.preprocess.mean == tuple(cfg["mean"])
+    assert all(torch.equal(v, state[k]) for k, v in enc.net.backbone.state_dict().items())
+    ref = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    ref.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        tokens = ref.eval().forward_features(_norm(x, enc.preprocess))
+    torch.testing.assert_close(enc(x), torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="Invalid pretrained tag"):
+        load_encoder("timm:test_vit.nope@w.pth", base_dir=tmp_path)
+
+
+def _norm(x, pre):
+    return (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+
+
+def test_timm_tag_without_file_reads_the_hf_cache_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: offline, nothing to read
+    with pytest.raises(OSError, match=r"timm:test_vit\.r160_in1k.*timm:test_vit\.r160_in1k@PATH"):
+        load_encoder("timm:test_vit.r160_in1k")
+
+
+def test_vit_block_readouts_have_the_documented_dimensions():
+    enc = load_encoder("timm:test_vit")  # 6 blocks of width 64
+    depth, width = len(enc.net.backbone.blocks), enc.net.backbone.embed_dim
+    pre = enc.preprocess
+    x = torch.rand(1, 3, 160, 160)
+    every_block = FrozenEncoder(enc.net, enc.spec, "+".join(f"blocks.{n}" for n in range(depth)), pre)
+    tokens = []
+    hooks = [b.register_forward_hook(lambda m, i, o: tokens.append(o)) for b in enc.net.backbone.blocks]
+    out = every_block(x)
+    for h in hooks:
+        h.remove()
+    assert out.shape == (1, depth * width)
+    torch.testing.assert_close(out, torch.cat([t[:, 0] for t in tokens], 1))
+    for layer, dim in [("cls", width), ("mean", width), ("cls+mean", 2 * width), ("blocks.0", width)]:
+        assert FrozenEncoder(enc.net, enc.spec, layer, pre).dim == dim
+    with pytest.raises(ValueError, match=rf"blocks\.0 \.\.\. blocks\.{depth - 1}"):
+        FrozenEncoder(enc.net, enc.spec, f"blocks.{depth}", pre)
+    assert FrozenEncoder(enc.net, enc.spec, "blocks.0.mlp", pre).dim == width  # plain module names still work
+
+
+# ---------------------------------------------------------------- Preprocess.interpolation
+
+def test_preprocess_interpolation_round_trip_and_use():
+    pre = Preprocess(40, 32, MEAN, STD, interpolation="bicubic")
+    assert Preprocess.from_dict(pre.to_dict()) == pre
+    old = {k: v for k, v in IMAGENET_PREPROCESS.to_dict().items() if k != "interpolation"}  # an older config
+    assert Preprocess.from_dict(old) == IMAGENET_PREPROCESS and IMAGENET_PREPROCESS.interpolation == "bilinear"
+    x = torch.rand(1, 3, 50, 60)
+    torch.testing.assert_close(pre.view(x), resize_center_crop(x, 40, 32, "bicubic"))
+    assert not torch.allclose(pre.view(x), replace(pre, interpolation="bilinear").view(x))
+    with pytest.raises(ValueError, match="interpolation 'lanczos'"):
+        Preprocess(40, 32, MEAN, STD, interpolation="lanczos")
+    for name in ("dino_resnet50", "dino_vits16"):  # DINO's eval: Resize(256, bicubic), CenterCrop(224)
+        assert RELEASES[name].preprocess == replace(IMAGENET_PREPROCESS, interpolation="bicubic")
+
+
+# ---------------------------------------------------------------- checkpoint formats of SSL codebases
+
+def _pre(prefix, state):
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _cifar_resnet18():
+    """solo-learn's CIFAR backbone (its base.py): 3x3/stride 1/padding 2 conv1, no max-pool, fc = Identity."""
+    m = torchvision.models.resnet18()
+    m.conv1, m.maxpool, m.fc = nn.Conv2d(3, 64, 3, 1, 2, bias=False), nn.Identity(), nn.Identity()
+    return m
+
+
+def _fake_solo_learn():
+    """A solo-learn BYOL-style Lightning checkpoint: online backbone + projector, and everything else it saves."""
+    torch.manual_seed(0)
+    net, head = _cifar_resnet18(), nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(),
+                                                 nn.Linear(64, 16))
+    net.load_state_dict(_noisy(net.state_dict()))
+    head.load_state_dict(_noisy(head.state_dict()))
+    state = _pre("backbone.", net.state_dict()) | _pre("projector.", head.state_dict())
+    state |= _pre("momentum_backbone.", net.state_dict()) | _pre("momentum_projector.", head.state_dict())
+    state |= _pre("classifier.", nn.Linear(512, 10).state_dict()) | _pre("predictor.", nn.Linear(16, 16).state_dict())
+    state |= _pre("momentum_classifier.", nn.Linear(512, 10).state_dict()) | {"queue": torch.zeros(2, 16, 8)}
+    ckpt = {"epoch": 9, "global_step": 900, "pytorch-lightning_version": "2.2.0", "state_dict": state,
+            "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}
+    return ckpt, state, net.eval(), head.eval(), "backbone.layer1.0.conv1.weight"
+
+
+def _fake_lightly():
+    """A lightly recipe: backbone = nn.Sequential(*list(resnet18().children())[:-1]), BYOLProjectionHead
+    (its ProjectionHead keeps Linear(bias=False), BatchNorm1d, ReLU, Linear in `layers`), momentum copies."""
+    torch.manual_seed(1)
+    resnet = torchvision.models.resnet18()
+    resnet.load_state_dict(_noisy(resnet.state_dict()))
+    seq = nn.Sequential(*list(resnet.children())[:-1])
+    head = nn.Sequential(nn.Linear(512, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 16))
+    head.load_state_dict(_noisy(head.state_dict()))
+    state = _pre("backbone.", seq.state_dict()) | _pre("projection_head.layers.", head.state_dict())
+    state |= _pre("backbone_momentum.", seq.state_dict()) | _pre("projection_head_momentum.layers.", head.state_dict())
+    state |= _pre("prediction_head.layers.", nn.Sequential(nn.Linear(16, 8)).state_dict())
+    resnet.fc = nn.Identity()
+    return {"state_dict": state, "epoch": 3}, state, resnet.eval(), head.eval(), "backbone.4.0.conv1.weight"
+
+
+@pytest.mark.parametrize("fake", [_fake_solo_learn, _fake_lightly], ids=["solo-learn", "lightly"])
+def test_resnet_codebase_checkpoints_load_strictly_with_their_head(fake, tmp_path):
+    ckpt, state, net, head, key = fake()
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    enc = load_encoder("torchvision:resnet18@last.ckpt", "backbone+projector", base_dir=tmp_path)
+    pre = Preprocess(32, 32, MEAN, STD)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        h = net(_norm(x, pre))  # (2, 512)
+        want = torch.cat([h, head(h)], 1)  # (2, 512 + 16)
+    torch.testing.assert_close(FrozenEncoder(enc.net, enc.spec, enc.layer, pre)(x), want, rtol=0, atol=1e-5)
+    state[key.replace("conv1", "conv_1")] = state.pop(key)
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match=r"missing \['backbone\.layer1\.0\.conv1\.weight'\].*conv_1"):
+        load_encoder("torchvision:resnet18@bad.ckpt", base_dir=tmp_path)
+
+
+def test_mae_official_pretrain_file(tmp_path):
+    """mae_pretrain_vit_*.pth = {"model": timm-layout encoder keys}; the visualisation files add the decoder."""
+    state = {k: v for k, v in _timm_state("test_vit").items() if not k.startswith("head.")}
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.zeros(32, 64),
+               "decoder_pos_embed": torch.zeros(1, 101, 32), "decoder_blocks.0.norm1.weight": torch.ones(32),
+               "decoder_norm.weight": torch.ones(32), "decoder_pred.weight": torch.zeros(768, 32)}
+    torch.save({"model": state | decoder}, tmp_path / "mae_pretrain_vit_test.pth")
+    enc = load_encoder("timm:test_vit@mae_pretrain_vit_test.pth", base_dir=tmp_path)
+    assert all(torch.equal(v, state[k]) for k, v in enc.net.backbone.state_dict().items())
+    state["blocks.0.attn.q_kv.weight"] = state.pop("blocks.0.attn.qkv.weight")
+    torch.save({"model": state}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"mae layout.*missing \['backbone\.blocks\.0\.attn\.qkv\.weight'\]"):
+        load_encoder("timm:test_vit@bad.pth", base_dir=tmp_path)
+
+
+# timm reads a registered model's pretrained configs from its module's `default_cfgs`
+default_cfgs = timm.models.generate_default_cfgs({"tiny_vit_gap_ijepa.test": dict(
+    input_size=(3, 32, 32), crop_pct=1.0, interpolation="bicubic", mean=MEAN, std=STD, num_classes=0)})
+
+
+@timm.models.register_model
+def tiny_vit_gap_ijepa(pretrained=False, **kwargs):
+    """vit_huge_patch14_gap_224 (timm's I-JEPA architecture) shrunk: no CLS token, average pool, no fc_norm."""
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False, global_pool="avg",
+                fc_norm=False)
+    return timm.models.vision_transformer._create_vision_transformer("tiny_vit_gap_ijepa", pretrained, **args,
+                                                                     **kwargs)
+
+
+def test_ijepa_target_encoder(tmp_path):
+    with torch.device("meta"):  # the real architecture's flags and key names, without 632M parameters
+        real = timm.create_model("vit_huge_patch14_gap_224", num_classes=0)
+    tiny = timm.create_model("tiny_vit_gap_ijepa", num_classes=0)
+    assert (real.has_class_token, real.global_pool, type(real.fc_norm)) == (False, "avg", nn.Identity)
+    assert {k for k in real.state_dict() if not k.startswith("blocks.")} == \
+        {k for k in tiny.state_dict() if not k.startswith("blocks.")}
+    state = _noisy(tiny.state_dict())
+    enc_state = {k: torch.zeros_like(v) for k, v in state.items()}  # the online encoder: not the one evaluated
+    ckpt = {"encoder": _pre("module.", enc_state), "predictor": {"module.predictor_embed.weight": torch.zeros(4, 32)},
+            "target_encoder": _pre("module.", state), "opt": {}, "scaler": None, "epoch": 300, "loss": 0.1,
+            "batch_size": 128, "world_size": 16, "lr": 1e-3}
+    torch.save(ckpt, tmp_path / "IN1K-vit.h.14-300e.pth.tar")
+    enc = load_encoder("timm:tiny_vit_gap_ijepa.test@IN1K-vit.h.14-300e.pth.tar", "backbone+mean+blocks.1",
+                       base_dir=tmp_path)
+    tiny.load_state_dict(state)
+    x = torch.rand(2, 3, 32, 32)
+    pre = enc.preprocess
+    assert pre == Preprocess(32, 32, MEAN, STD, interpolation="bicubic")  # the tag's pretrained_cfg
+    blocks = []
+    hook = tiny.blocks[1].register_forward_hook(lambda m, i, o: blocks.append(o))
+    with torch.no_grad():
+        tokens = tiny.eval().forward_features(_norm(x, pre))  # (2, 16, 32), no CLS
+    hook.remove()
+    want = torch.cat([tokens.mean(1), tokens.mean(1), blocks[0].mean(1)], 1)  # blocks.N: patch mean without CLS
+    torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no CLS token"):
+        FrozenEncoder(enc.net, enc.spec, "cls", pre)
+    del ckpt["target_encoder"]["module.norm.weight"]
+    torch.save(ckpt, tmp_path / "bad.pth.tar")
+    with pytest.raises(ValueError, match=r"ijepa layout.*missing \['backbone\.norm\.weight'\]"):
+        load_encoder("timm:tiny_vit_gap_ijepa.test@bad.pth.tar", base_dir=tmp_path)
+
+
+def test_head_layouts_are_read_from_keys():
+    from rcdm.encoders.formats import head_from_state
+
+    head = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4, bias=False),
+                         nn.BatchNorm1d(4, affine=False))
+    built = head_from_state(head.state_dict(), "spec")
+    assert [type(m) for m in built] == [type(m) for m in head]
+    assert built[0].bias is None and built[4].weight is None and built[3].bias is None
+    with pytest.raises(ValueError, match="not an nn.Sequential"):
+        head_from_state({"mlp.0.weight": torch.zeros(2, 2)}, "spec")

@@ -39,6 +39,7 @@ f(x) (it discards t); None when t barely changes the image, with the reason in `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import math
 import tempfile
@@ -331,6 +332,24 @@ class Handlers:
         score = result.numbers["models"][model]["scores"][aug]
         return as_files(invariance_gallery(img, aug, pipe, torch.cat(rec.batches))), score, invariance_note(aug, score)
 
+    def dream(self, image, model, num_samples, strength, steps, guidance, seed, progress=gr.Progress()):
+        """Embeddings drawn from the model's prior p(h), then one image from each. With an image and strength < 1,
+        its embedding is noised that far and denoised back by the prior: representations near this one."""
+        how = self._check(num_samples, steps, guidance, seed)
+        ok = isinstance(strength, (int, float)) and not isinstance(strength, bool) and 0 <= strength <= 1
+        if not ok:
+            raise gr.Error(f"Strength must be a number from 0 to 1; got {strength!r}.")
+        img = load_upload(image) if image else None
+        pipe, lock = self.models.get(model)
+        if pipe.prior is None:
+            raise gr.Error(f"Model {model!r} has no prior p(h); train one with `rcdm train-prior --model DIR`.")
+        with lock:
+            h = pipe.sample_embeddings(how.samples_per_image, torch.Generator().manual_seed(how.seed),
+                                       near=[img] if img is not None else None, strength=float(strength))
+            x = sample(pipe, h, run=dataclasses.replace(how, samples_per_image=1),
+                       callback=progress_callback(progress, "dreaming"))
+        return as_files([(im, f"dream {i + 1}") for i, im in enumerate(to_pil(x))])
+
     @staticmethod
     def _check(num_samples, steps, guidance, seed, batch_per_input: int = 1) -> Sampling:
         """The checked widgets as a sampling spec; the sampler is the model's recorded one. One batch holds
@@ -477,8 +496,25 @@ def gallery_columns(num_samples) -> gr.Gallery:
     return gr.Gallery(columns=int(num_samples) + 1)
 
 
+def dream_tab(h: Handlers) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("Images from embeddings drawn from the model's prior p(h), not from an input: what a typical "
+                        "representation looks like. Give an image and a strength below 1 for representations near "
+                        "its own.")
+            image = image_input("Optional: near this image")
+            model, samples = model_dropdown(h.models.names), samples_slider()
+            strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength",
+                                 info="with an image: 0 = its own embedding, 1 = unrelated to it")
+            button = gr.Button("Dream", variant="primary", elem_id="dream-run")
+            controls = advanced_controls(h.models.sampling_defaults)
+        with gr.Column(scale=2):
+            out = gallery("Samples from h ~ p(h)", elem_id="dream-gallery")
+    on_click(button, h.dream, [image, model, samples, strength, *controls], out, "dream")
+
+
 TABS = [("Sample", sample_tab), ("Compare", compare_tab), ("Interpolate", interpolate_tab),
-        ("Invariance", invariance_tab)]
+        ("Invariance", invariance_tab), ("Dream", dream_tab)]
 
 
 def build_app(model_paths: list[str] | None = None, device: str | None = None) -> gr.Blocks:

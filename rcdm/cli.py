@@ -10,34 +10,57 @@ from .flags import add_model_flag, add_sampling_flags
 
 
 def cmd_sample(args) -> None:
+    import dataclasses
+
     from tqdm.auto import tqdm
 
     from .data import open_image
     from .flags import load_pipeline, sampling_from_args
     from .images import to_pil
-    from .sampling import sample
+    from .sampling import sample, seeded_generator
     from .viz import image_grid, sample_rows
 
-    inputs = [open_image(p) for p in args.image]  # fail on a bad file before loading any model
+    if not args.image and not args.unconditional:
+        raise ValueError("give --image IMG... (samples from their embeddings) or --unconditional N (a prior's)")
+    inputs = [open_image(p) for p in args.image or []]  # fail on a bad file before loading any model
     run = sampling_from_args(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     run = run.resolve(pipe)
+    if args.unconditional:  # h ~ p(h) (near the first --image with --strength < 1), then one image per h
+        h = pipe.sample_embeddings(args.unconditional, seeded_generator(run.seed, PRIOR_KEY), near=inputs[:1] or None,
+                                   strength=args.strength)
+        run, inputs = dataclasses.replace(run, samples_per_image=1), []
+    else:
+        h = pipe.encode(inputs)
     with tqdm(total=1, desc="sampling", unit="step") as bar:
         def progress(step, total):
             bar.total = total
             bar.update(step - bar.n)
 
-        x = sample(pipe, pipe.encode(inputs), run=run, callback=progress)  # sample k of input i: seed (seed, i, k)
-    grid = image_grid(sample_rows(inputs, to_pil(x), run.samples_per_image), upscale=args.upscale)
-    grid.save(args.out)
-    print(f"wrote {args.out}: {len(inputs)} row(s) of input + {run.samples_per_image} samples ({run.describe()})")
+        x = sample(pipe, h, run=run, callback=progress)  # sample k of input i: seed (seed, i, k)
+    pils = to_pil(x)
+    rows = sample_rows(inputs, pils, run.samples_per_image) if inputs else \
+        [pils[i:i + 8] for i in range(0, len(pils), 8)]  # unconditional: rows of 8
+    image_grid(rows, upscale=args.upscale).save(args.out)
+    what = f"{len(inputs)} row(s) of input + {run.samples_per_image} samples" if inputs else \
+        f"{len(pils)} samples from the prior's embeddings"
+    print(f"wrote {args.out}: {what} ({run.describe()})")
+
+
+PRIOR_KEY = 2**31 - 1  # noise key of the prior's draw, apart from the image keys 0, 1, ...
 
 
 def _sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from the embeddings of input images",
                        description="Sample images that share an input's representation. Writes a grid: one row "
                                    "per input, the input first, then its samples.")
-    p.add_argument("--image", nargs="+", required=True, metavar="IMG", help="input image file(s)")
+    p.add_argument("--image", nargs="+", default=None, metavar="IMG", help="input image file(s)")
+    p.add_argument("--unconditional", type=int, default=0, metavar="N",
+                   help="draw N embeddings from the model's prior p(h) (`rcdm train-prior`) and one image from each; "
+                        "with --image, embeddings near the first image's (see --strength) (default: 0, off)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="with --unconditional and --image: how far to noise the image's embedding before the prior "
+                        "denoises it back; 1 = unrelated to the image, 0 = the image's own (default: 1.0)")
     add_model_flag(p)
     add_sampling_flags(p, num_samples=4)
     p.add_argument("--upscale", type=int, default=2, help="nearest-neighbour upscale of the grid (default: 2)")
@@ -57,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that contribute a subcommand through `add_parser(subparsers)`; each keeps its heavy imports inside.
-_SUBCOMMAND_MODULES: list[str] = ["ssl", "cache", "train", "appcmd", "evaluate", "analysis", "convert"]
+_SUBCOMMAND_MODULES: list[str] = ["ssl", "cache", "train", "appcmd", "evaluate", "analysis", "convert", "prior"]
 
 
 def main(argv=None) -> int:

@@ -89,6 +89,15 @@ class RCDMPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
         self.training_info: dict = {}
         self.sampling_defaults: dict = dict(DEFAULT_SAMPLING)
+        self.prior = None  # an rcdm.prior.Prior over h, for unconditional sampling (`set_prior`)
+
+    def set_prior(self, prior) -> None:
+        """Attach a prior p(h) (rcdm.prior.Prior); refused if it draws embeddings of another size."""
+        if prior is not None and prior.dim != self.unet.config.embedding_dim:
+            raise ValueError(f"the prior draws {prior.dim}-d embeddings but this denoiser takes "
+                             f"{self.unet.config.embedding_dim}-d ones (encoder '{self.encoder.spec}', layer "
+                             f"'{self.encoder.layer}'); train the prior on this model's embedding cache")
+        self.prior = prior
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +110,8 @@ class RCDMPipeline(DiffusionPipeline):
             _cast(self.unet, dtype)
         self.unet.to(device)
         self.encoder.to(device)
+        if self.prior is not None:
+            self.prior.model.to(device)
         return self
 
     @property
@@ -130,6 +141,10 @@ class RCDMPipeline(DiffusionPipeline):
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
         pipe.sampling_defaults = _checked_sampling(meta.get("sampling", {}), path)
+        if (path / "prior" / "config.json").is_file():
+            from .prior import Prior
+
+            pipe.set_prior(Prior.from_pretrained(path / "prior"))
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
@@ -167,12 +182,28 @@ class RCDMPipeline(DiffusionPipeline):
         after every step (for progress bars in UIs).
         """
         num_inference_steps, guidance_scale = self.resolve_sampling(num_inference_steps, guidance_scale)
+        if images is None and embeddings is None and self.prior is not None:  # unconditional: h ~ p(h) first
+            first = generator[0] if isinstance(generator, (list, tuple)) else generator
+            embeddings, num_samples = self.sample_embeddings(num_samples, first), 1
         h = self._conditioning(images, embeddings)  # (B, D)
         _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type)
         h = h.repeat_interleave(num_samples, dim=0)  # (B*S, D), input-major
         x = self._sample(h, num_inference_steps, guidance_scale, generator, callback)  # (B*S, 3, R, R) in [-1, 1]
         out = _postprocess(x, output_type)
         return RCDMPipelineOutput(images=out, embeddings=h[::num_samples]) if return_dict else (out,)
+
+    @torch.no_grad()
+    def sample_embeddings(self, n: int, generator=None, near=None, strength: float = 1.0,
+                          num_inference_steps: int = 50) -> torch.Tensor:
+        """n embeddings (n, D) from the model's prior p(h). `near` (images or (D,)/(1, D) embedding) with
+        strength < 1 noises its embedding part of the way and denoises back: representations near that one."""
+        if self.prior is None:
+            raise ValueError("this model has no prior p(h): train one with `rcdm train-prior --cache C --model DIR`")
+        if near is not None and not isinstance(near, torch.Tensor):
+            near = self.encode(near if isinstance(near, (list, tuple)) else [near])[:1]
+        h = self.prior.sample(n, generator, num_inference_steps, near=None if near is None else near.reshape(1, -1),
+                              strength=strength if near is not None else 1.0)
+        return h.to(self.device)
 
     def resolve_sampling(self, num_inference_steps=None, guidance_scale=None) -> tuple[int, float]:
         """The steps and guidance a call will use: the given ones, else the model's recorded defaults."""
@@ -182,7 +213,10 @@ class RCDMPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------ internals
     def _conditioning(self, images, embeddings) -> torch.Tensor:
-        if (images is None) == (embeddings is None):
+        if images is None and embeddings is None:
+            raise ValueError("pass `images` or `embeddings`: this model has no prior p(h) for unconditional sampling "
+                             "(train one with `rcdm train-prior --cache C --model DIR`)")
+        if images is not None and embeddings is not None:
             raise ValueError("pass exactly one of `images` or `embeddings`")
         if embeddings is None:
             return self.encode(images if isinstance(images, (list, tuple, torch.Tensor)) else [images])

@@ -41,6 +41,10 @@ def shipped_dir(tmp_path_factory, tiny_pipeline_dir, tiny_encoder_dir, cifar_tes
     root = tmp_path_factory.mktemp("pretrained")
     (root / "tiny-backbone").symlink_to(tiny_pipeline_dir, target_is_directory=True)
     make_tiny_pipeline(root / "tiny-projector", tiny_encoder_dir, layer="projector")
+    from rcdm.prior import Prior, PriorMLP  # an untrained prior: the Dream tab only needs one to exist
+
+    torch.manual_seed(0)
+    Prior(PriorMLP(16, width=16, num_blocks=1)).save_pretrained(root / "tiny-projector" / "prior")
     (root / "examples").mkdir()
     for i, im in enumerate(cifar_test_images[0][:2]):
         im.save(root / "examples" / f"ex{i}.png")
@@ -86,6 +90,15 @@ def test_every_endpoint(client, server, pngs):
 
     strip = client.predict(a, b, "tiny-projector", 3, "slerp", 2, 1.0, 0, api_name="/interpolate")
     assert [s["caption"] for s in strip] == ["A (input)", "t=0.00", "t=0.50", "t=1.00", "B (input)"]
+
+    dreams = client.predict(None, "tiny-projector", 3, 1.0, 2, 1.0, 0, api_name="/dream")
+    assert gallery_sizes(dreams) == [(32, 32)] * 3 and dreams[0]["caption"] == "dream 1"
+    near = client.predict(a, "tiny-projector", 2, 0.5, 2, 1.0, 0, api_name="/dream")
+    assert len(near) == 2
+    with pytest.raises(AppError, match="has no prior"):
+        client.predict(None, "tiny-backbone", 2, 1.0, 2, 1.0, 0, api_name="/dream")
+    with pytest.raises(AppError, match="Strength"):
+        client.predict(None, "tiny-projector", 2, 1.5, 2, 1.0, 0, api_name="/dream")
 
 
 def test_interpolation_shares_noise_across_points(server, pngs):

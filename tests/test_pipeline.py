@@ -152,7 +152,7 @@ def test_wrong_embedding_dim_names_sizes(pipe):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({}, "exactly one"),
+    ({}, "no prior"),
     ({"embeddings": torch.randn(1, 64), "images": [Image.new("RGB", (8, 8))]}, "exactly one"),
     ({"embeddings": torch.randn(1, 64), "num_samples": 0}, "num_samples"),
     ({"embeddings": torch.randn(1, 64), "num_inference_steps": 0}, "num_inference_steps"),

@@ -1,0 +1,311 @@
+"""A diffusion prior over representations, h ~ p(h): RCG's "RDM" (Li, Katabi & He 2023, arXiv:2312.03701, Sec. 3.1).
+
+Sampling h from it and then images from h turns an RCDM into an unconditional generator, and shows what a typical
+representation looks like (or one near a given image's, by partial noising and denoising back, SDEdit-style).
+
+    rcdm train-prior --cache runs/emb-backbone.safetensors --output-dir runs/prior \\
+        --model pretrained/rcdm-cifar10-backbone
+    rcdm sample --unconditional 16 --out dream.png
+
+The prior is a small MLP of residual blocks with adaptive (time-conditioned) LayerNorm, predicting eps on
+standardised embeddings, with diffusers' DDPM scheduler (cosine betas; x0 clipped to +-5 standard deviations).
+It lives in `<pipeline>/prior/` (config.json + safetensors + scheduler_config.json), next to the UNet, and is
+loaded with the pipeline when present.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+
+from .config import add_dataclass_args, dataclass_from_args
+from .fsutil import fresh_tmp_dir, replace_dir
+
+PRIOR_DIR = "prior"
+
+
+class PriorBlock(nn.Module):
+    """x + MLP(AdaLN(x, t)): LayerNorm modulated by the time embedding, Linear-SiLU-Linear, residual."""
+
+    def __init__(self, width: int, temb: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.mod = nn.Linear(temb, 2 * width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Dropout(dropout), nn.Linear(width, width))
+
+    def forward(self, x, temb):  # (B, W), (B, T)
+        scale, shift = self.mod(F.silu(temb)).chunk(2, dim=1)  # (B, W) each
+        return x + self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class PriorMLP(ModelMixin, ConfigMixin):
+    """eps(h_t, t) for standardised embeddings h (B, D)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        embedding_dim: int,          # D
+        width: int = 1024,           # hidden width of every block
+        num_blocks: int = 6,         # residual blocks
+        dropout: float = 0.0,        # dropout inside each block
+    ):
+        super().__init__()
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(256, width)
+        self.proj_in = nn.Linear(embedding_dim, width)
+        self.blocks = nn.ModuleList(PriorBlock(width, width, dropout) for _ in range(num_blocks))
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, embedding_dim)
+        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
+        self.register_buffer("embedding_std", torch.ones(embedding_dim))
+
+    def forward(self, h_t, timestep):  # (B, D), (B,) -> eps (B, D)
+        temb = self.time_embedding(self.time_proj(torch.as_tensor(timestep, device=h_t.device).expand(len(h_t))))
+        x = self.proj_in(h_t)  # (B, W)
+        for block in self.blocks:
+            x = block(x, temb)
+        return self.proj_out(self.norm_out(x))
+
+    def set_embedding_stats(self, embeddings: torch.Tensor):
+        self.embedding_mean.copy_(embeddings.float().mean(0))
+        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
+
+    def standardise(self, h):
+        return (h.float() - self.embedding_mean) / self.embedding_std
+
+    def unstandardise(self, z):
+        return z * self.embedding_std + self.embedding_mean
+
+
+CLIP = 5.0  # x0 is clipped to +-5 standard deviations: at t ~ T the eps -> x0 division amplifies any error
+
+
+def prior_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                         clip_sample=True, clip_sample_range=CLIP, timestep_spacing="trailing")
+
+
+class Prior:
+    """A trained PriorMLP and its scheduler: draws embeddings h (N, D) in the encoder's own units."""
+
+    def __init__(self, model: PriorMLP, scheduler: DDPMScheduler | None = None):
+        self.model, self.scheduler = model.eval(), scheduler or prior_scheduler()
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.embedding_dim
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Prior":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no prior here (config.json missing); train one with `rcdm train-prior`")
+        return cls(PriorMLP.from_pretrained(path), DDPMScheduler.from_pretrained(path))
+
+    def save_pretrained(self, path, info: dict | None = None) -> None:
+        """Write model + scheduler into `path` atomically (a temporary directory, then a rename)."""
+        tmp = fresh_tmp_dir(path)
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.scheduler.save_pretrained(tmp)
+        (tmp / "prior_info.json").write_text(json.dumps(info or {}, indent=2))
+        replace_dir(tmp, path)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None, steps: int = 50, near: torch.Tensor | None = None,
+               strength: float = 1.0) -> torch.Tensor:
+        """n embeddings (n, D). With `near` (D,) or (n, D): start from it noised to `strength` of the way to pure
+        noise and denoise back (strength 1 = an unconditional draw, 0 = `near` itself)."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        dev = self.model.device
+        sched = copy.deepcopy(self.scheduler)  # set_timesteps mutates; concurrent callers share the Prior
+        sched.set_timesteps(steps, device=dev)
+        z = torch.randn(n, self.dim, generator=generator).to(dev)  # (n, D)
+        timesteps = sched.timesteps
+        if near is not None and strength < 1.0:
+            start = int(round(len(timesteps) * (1 - strength)))
+            timesteps = timesteps[start:]
+            if len(timesteps) == 0:
+                return near.expand(n, -1).clone().float()
+            z0 = self.model.standardise(near.to(dev).expand(n, -1))
+            z = sched.add_noise(z0, z, timesteps[:1].expand(n))
+        for t in timesteps:
+            z = sched.step(self.model(z, t.expand(n)), t, z, generator=generator).prev_sample
+        return self.model.unstandardise(z)
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass
+class PriorConfig:
+    """`rcdm train-prior`: a prior on the embeddings of an `rcdm embed` cache (both views of every image)."""
+
+    cache: str = field(default="", metadata={"help": "embedding cache from `rcdm embed`"})
+    output_dir: str = field(default="runs/prior", metadata={"help": "checkpoints and the exported prior"})
+    model: str = field(default="", metadata={"help": "also install the prior into this RCDM pipeline directory (its "
+                                                     "encoder and layer must match the cache's)"})
+    width: int = field(default=1024, metadata={"help": "MLP width"})
+    num_blocks: int = field(default=6, metadata={"help": "residual blocks"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout inside each block"})
+    batch_size: int = field(default=256, metadata={"help": "embeddings per process per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup steps"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "constant, cosine or linear (to 0 at --max-steps)",
+                                                         "choices": ["constant", "cosine", "linear"]})
+    max_steps: int = field(default=3000, metadata={"help": "optimizer steps"})
+    ema_decay: float = field(default=0.999, metadata={"help": "maximum EMA decay"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    checkpoint_every: int = field(default=1000, metadata={"help": "resumable checkpoint every N steps"})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "keep at most this many checkpoints"})
+    resume: str = field(default="", metadata={"help": "'latest' or a checkpoint directory"})
+    log_every: int = field(default=100, metadata={"help": "log the loss every N steps"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)",
+                                                           "choices": ["no", "bf16", "fp16"]})
+    grad_accum: int = field(default=1, metadata={"cli": False})  # what the shared Accelerator setup reads
+
+
+def prior_loss(model: PriorMLP, sched: DDPMScheduler, z0: torch.Tensor, generator) -> torch.Tensor:
+    """eps-MSE on standardised embeddings z0 (B, D), timesteps uniform (Ho et al. 2020, Eq. 14)."""
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=generator).to(z0.device)
+    noise = torch.randn(z0.shape, generator=generator).to(z0)
+    return F.mse_loss(model(sched.add_noise(z0, noise, t), t).float(), noise.float())
+
+
+def train_prior(cfg: PriorConfig, command: str = "") -> Path:
+    """Train with Accelerate (EMA, resumable checkpoints, signals as `rcdm train`); returns output_dir/prior."""
+    from diffusers.training_utils import EMAModel
+
+    from .cache import EmbeddingCache
+    from .sampling import seeded_generator
+    from .train import Checkpointer, StopRequest, any_rank, make_accelerator, make_lr_schedule
+
+    cache = EmbeddingCache.load(cfg.cache)
+    feats = cache.embeddings.flatten(0, 1).float()  # (N * views, D)
+    acc = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    model = PriorMLP(cache.dim, cfg.width, cfg.num_blocks, cfg.dropout)
+    model.set_embedding_stats(feats)
+    z = model.standardise(feats)
+    sched = prior_scheduler()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
+    model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
+    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
+    ckpt = Checkpointer(acc, cfg)
+    step = ckpt.load(cfg.resume, ema) if cfg.resume else 0
+    losses, t0 = [], time.time()
+    with StopRequest() as request:
+        while step < cfg.max_steps:
+            g = seeded_generator(cfg.seed, step, acc.process_index)  # batch, timesteps and noise: exact resume
+            batch = z[torch.randint(0, len(z), (cfg.batch_size,), generator=g)].to(acc.device)
+            with acc.autocast():
+                loss = prior_loss(model, sched, batch, g)
+            acc.backward(loss)
+            opt.step(), lr_sched.step(), opt.zero_grad(set_to_none=True)
+            ema.step(acc.unwrap_model(model).parameters())
+            step += 1
+            losses.append(loss.item())
+            stop = any_rank(acc, request.signal is not None)
+            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                print(f"step {step}: loss {sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f} "
+                      f"({(time.time() - t0) / 60:.1f} min)", flush=True)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop:
+                ckpt.save(step, ema)
+            if stop:
+                break
+    out = Path(cfg.output_dir) / PRIOR_DIR
+    if acc.is_main_process:
+        final = copy.deepcopy(acc.unwrap_model(model)).float()
+        ema.copy_to(final.parameters())
+        info = {"command": command, "steps": step, "minutes": round((time.time() - t0) / 60, 2),
+                "final_loss": sum(losses[-cfg.log_every:]) / max(1, len(losses[-cfg.log_every:])),
+                "encoder": cache.meta["encoder"], "config": dataclasses.asdict(cfg)}
+        Prior(final, sched).save_pretrained(out, info)
+        if cfg.model:
+            install(out, cfg.model)
+    acc.wait_for_everyone()
+    return out
+
+
+def install(prior_dir, model_dir) -> Path:
+    """Copy a trained prior into an RCDM pipeline directory, refusing one made for another encoder or layer."""
+    import shutil
+
+    from .pipeline import read_meta, resolve_model_path
+
+    path = resolve_model_path(model_dir)
+    info = json.loads((Path(prior_dir) / "prior_info.json").read_text())
+    want, got = read_meta(path)["encoder"], info.get("encoder", {})
+    if (want["layer"], want["dim"]) != (got.get("layer"), got.get("dim")):
+        raise ValueError(f"prior made on {got.get('layer')!r} ({got.get('dim')}-d) embeddings cannot go with "
+                         f"{path}, which is conditioned on {want['layer']!r} ({want['dim']}-d)")
+    tmp = fresh_tmp_dir(path / PRIOR_DIR)
+    shutil.rmtree(tmp)
+    shutil.copytree(prior_dir, tmp)
+    replace_dir(tmp, path / PRIOR_DIR)
+    return path / PRIOR_DIR
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+def evaluate_prior(prior: Prior, cache_path: str, n: int = 2000, seed: int = 0, steps: int = 50) -> dict:
+    """FD between n sampled and n real embeddings beside real vs real at the same n, and the kNN class histogram of
+    the samples (k=20, cosine, fitted on the cache's labels) against the real class balance."""
+    from .cache import EmbeddingCache
+    from .metrics import frechet_distance, knn_predict
+
+    cache = EmbeddingCache.load(cache_path)
+    g = torch.Generator().manual_seed(seed)
+    real = cache.embeddings[:, 0].float()  # (N, D), one view per image
+    perm = torch.randperm(len(real), generator=g)
+    a, b = real[perm[:n]], real[perm[n:2 * n]]
+    h = prior.sample(n, generator=g, steps=steps).cpu()
+    labels = cache.labels
+    num_classes = int(labels.max()) + 1 if (labels >= 0).all() else 0
+    out = {"n": n, "steps": steps, "fd_samples_vs_real": frechet_distance(h, a),
+           "fd_real_vs_real": frechet_distance(b, a)}
+    if num_classes:
+        pred = knn_predict(real[perm[2 * n:]], labels[perm[2 * n:]], h, num_classes=num_classes)
+        out["class_histogram_samples"] = torch.bincount(pred, minlength=num_classes).div(n).tolist()
+        out["class_histogram_real"] = torch.bincount(labels, minlength=num_classes).div(len(labels)).tolist()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-prior", help="train a diffusion prior p(h) over an embedding cache (RCG's RDM)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, PriorConfig)
+    p.add_argument("--eval-n", type=int, default=2000,
+                   help="after training, FD and class histogram of this many sampled embeddings (0 = skip; "
+                        "default: 2000)")
+    p.set_defaults(func=cmd_train_prior)
+
+
+def cmd_train_prior(args) -> None:
+    import shlex
+    import sys
+
+    cfg = dataclass_from_args(PriorConfig, args)
+    if not cfg.cache:
+        raise ValueError("--cache is required (make it with `rcdm embed`)")
+    out = train_prior(cfg, shlex.join(["rcdm"] + sys.argv[1:]))
+    print(f"wrote {out}")
+    if args.eval_n:
+        res = evaluate_prior(Prior.from_pretrained(out), cfg.cache, args.eval_n, cfg.seed)
+        info_path = out / "prior_info.json"
+        info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "evaluation": res}, indent=2))
+        print(json.dumps({k: v for k, v in res.items() if not k.startswith("class")}))
+        if cfg.model:
+            install(out, cfg.model)

@@ -19,12 +19,12 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 
-from .model import RCDMUNetOutput
+from .model import EmbeddingCondition, RCDMUNetOutput
 
 EPS = 1e-5  # guided-diffusion's GroupNorm32 default (diffusers' blocks default to 1e-6)
 
 
-class ADMUNet(ModelMixin, ConfigMixin):
+class ADMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
     """eps (and the learned variance) from (x_t, t, h), with the `RCDMUNet` calling convention
     `unet(sample, timestep, embedding, drop_mask=None)`, so `RCDMPipeline` samples from either."""
 
@@ -52,7 +52,7 @@ class ADMUNet(ModelMixin, ConfigMixin):
         self.time_proj = Timesteps(model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)  # [cos, sin]
         self.time_embedding = TimestepEmbedding(model_channels, temb)
         self.ssl_emb = nn.Linear(embedding_dim, temb)
-        self.null_embedding = nn.Parameter(torch.zeros(embedding_dim)) if learned_null else None
+        self.init_condition(embedding_dim, learned_null)
         common = dict(temb_channels=temb, resnet_eps=EPS, resnet_act_fn="silu", resnet_groups=32,
                       resnet_time_scale_shift="scale_shift", dropout=dropout)
         self.down_blocks = nn.ModuleList()
@@ -76,27 +76,6 @@ class ADMUNet(ModelMixin, ConfigMixin):
         self.conv_norm_out = nn.GroupNorm(32, widths[0], eps=EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(widths[0], 6 if learn_sigma else 3, 3, padding=1)
-        # Identity unless set: the reference feeds raw features; our own trainings standardise h as RCDMUNet does.
-        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
-        self.register_buffer("embedding_std", torch.ones(embedding_dim))
-
-    def set_embedding_stats(self, embeddings: torch.Tensor):
-        """Standardise h with the mean/std of the training embeddings (N, D)."""
-        self.embedding_mean.copy_(embeddings.float().mean(0))
-        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
-
-    def condition(self, embedding, drop_mask=None):
-        """Standardised h (B, D); rows in `drop_mask` become the learned null embedding (refused without one)."""
-        if embedding.ndim != 2 or embedding.shape[1] != self.config.embedding_dim:
-            raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
-                             f"got {tuple(embedding.shape)}")
-        h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
-        if drop_mask is not None and bool(drop_mask.any()):
-            if self.null_embedding is None:
-                raise ValueError("this model was trained without a null condition (like the published RCDM "
-                                 "checkpoints), so classifier-free guidance is unavailable: use guidance_scale=1")
-            h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
-        return h.to(self.dtype)
 
     def forward(self, sample, timestep, embedding, drop_mask=None, return_dict=True):
         """sample (B, 3, R, R), timestep (B,) or scalar, embedding (B, D) -> (B, 6 | 3, R, R)."""

@@ -98,7 +98,38 @@ class MeanDecoder(nn.Module):
         return self.net(x)  # (B, 3, R, R)
 
 
-class RCDMUNet(ModelMixin, ConfigMixin):
+class EmbeddingCondition:
+    """How a denoiser takes h: standardised per dimension, with an optional learned null embedding substituted for
+    the rows a `drop_mask` selects (classifier-free guidance). Shared by RCDMUNet and the reference ADMUNet."""
+
+    def init_condition(self, embedding_dim: int, learned_null: bool) -> None:
+        self.null_embedding = nn.Parameter(torch.zeros(embedding_dim)) if learned_null else None
+        # Per-dimension standardisation of h, set from the training embeddings: SSL features range from
+        # post-ReLU averages (~0..5) to unit-norm vectors, and the projection MLP trains far better on z-scores.
+        # Identity unless set (the published RCDMs feed raw features).
+        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
+        self.register_buffer("embedding_std", torch.ones(embedding_dim))
+
+    def set_embedding_stats(self, embeddings: torch.Tensor):
+        """Standardise h with the mean/std of the training embeddings (N, D)."""
+        self.embedding_mean.copy_(embeddings.float().mean(0))
+        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
+
+    def condition(self, embedding, drop_mask=None):
+        """Standardised h (B, D), with rows in `drop_mask` (B,) replaced by the learned null embedding."""
+        if embedding.ndim != 2 or embedding.shape[1] != self.config.embedding_dim:
+            raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
+                             f"got {tuple(embedding.shape)}")
+        h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
+        if drop_mask is not None and bool(drop_mask.any()):
+            if self.null_embedding is None:
+                raise ValueError("this model was trained without a null condition (like the published RCDM "
+                                 "checkpoints), so classifier-free guidance is unavailable: use guidance_scale=1")
+            h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
+        return h.to(self.dtype)
+
+
+class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
     """Conditional denoiser. Predicts eps or v (`prediction_type`) from (x_t, t, h)."""
 
     @register_to_config
@@ -128,27 +159,8 @@ class RCDMUNet(ModelMixin, ConfigMixin):
             class_embed_type="projection", projection_class_embeddings_input_dim=embedding_dim,
             resnet_time_scale_shift="scale_shift",
         )
-        self.null_embedding = nn.Parameter(torch.zeros(embedding_dim))
+        self.init_condition(embedding_dim, learned_null=True)
         self.decoder = MeanDecoder(embedding_dim, sample_size) if mean_decoder else None
-        # Per-dimension standardisation of h, set from the training embeddings: SSL features range from
-        # post-ReLU averages (~0..5) to unit-norm vectors, and the projection MLP trains far better on z-scores.
-        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
-        self.register_buffer("embedding_std", torch.ones(embedding_dim))
-
-    def set_embedding_stats(self, embeddings: torch.Tensor):
-        """Standardise h with the mean/std of the training embeddings (N, D)."""
-        self.embedding_mean.copy_(embeddings.float().mean(0))
-        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
-
-    def condition(self, embedding, drop_mask=None):
-        """Standardised h (B, D), with rows in `drop_mask` (B,) replaced by the learned null embedding."""
-        if embedding.ndim != 2 or embedding.shape[1] != self.config.embedding_dim:
-            raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
-                             f"got {tuple(embedding.shape)}")
-        h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
-        if drop_mask is not None:
-            h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
-        return h.to(self.dtype)
 
     def forward(self, sample, timestep, embedding, drop_mask=None, return_dict=True):
         """sample (B, 3, R, R), timestep (B,) or scalar, embedding (B, D), drop_mask (B,) bool or None."""

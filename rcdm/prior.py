@@ -112,12 +112,15 @@ class Prior:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no prior here (config.json missing); train one with `rcdm train-prior`")
-        return cls(PriorMLP.from_pretrained(path), DDPMScheduler.from_pretrained(path))
+        # float32 whatever the file holds (the shipped prior is stored in float16)
+        return cls(PriorMLP.from_pretrained(path, torch_dtype=torch.float32), DDPMScheduler.from_pretrained(path))
 
-    def save_pretrained(self, path, info: dict | None = None) -> None:
-        """Write model + scheduler into `path` atomically (a temporary directory, then a rename)."""
+    def save_pretrained(self, path, info: dict | None = None, dtype: torch.dtype | None = None) -> None:
+        """Write model + scheduler into `path` atomically (a temporary directory, then a rename); `dtype` e.g.
+        float16 halves the file (it is loaded back in float32)."""
         tmp = fresh_tmp_dir(path)
-        self.model.save_pretrained(tmp, safe_serialization=True)
+        model = self.model if dtype is None else copy.deepcopy(self.model).to(dtype)
+        model.save_pretrained(tmp, safe_serialization=True)
         self.scheduler.save_pretrained(tmp)
         (tmp / "prior_info.json").write_text(json.dumps(info or {}, indent=2))
         replace_dir(tmp, path)

@@ -8,13 +8,17 @@ with no share link unless you pass `--share`. The tabs are:
 - Interpolate: samples along the path between two images' embeddings, with the same noise at every point;
 - Invariance: samples from f(x) and from f(t(x)) for one augmentation t, and a score: does the representation
   keep t (1) or discard it (0)?
+- Report: a small `rcdm report` for the chosen models, shown on the page and offered as one self-contained HTML
+  file. Its images are the shipped examples, or the data spec in $RCDM_REPORT_DATA (set by whoever starts the
+  server: a client never names a path).
 
 Scripting with gradio_client
 ----------------------------
-Every tab is also an API endpoint: `/sample`, `/compare`, `/interpolate` and `/invariance`. A gallery comes back
-as a list of `{"image": path, "caption": str}` dicts, with the input as the model sees it first. The server checks
-the same limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16 interpolation points, one
-of the six augmentations, and uploads of at most 10 MB and 4096 x 4096 pixels.
+Every tab is also an API endpoint: `/sample`, `/compare`, `/interpolate`, `/invariance`, `/dream` and `/report`.
+A gallery comes back as a list of `{"image": path, "caption": str}` dicts, with the input as the model sees it
+first. The server checks the same limits as the widgets: at most 16 samples, 100 steps, guidance from 0 to 10, 16
+interpolation points, one of the six augmentations, 1 to 4 distinct models and 4 to 32 images for a report, and
+uploads of at most 10 MB and 4096 x 4096 pixels.
 
     from gradio_client import Client, handle_file
 
@@ -28,6 +32,8 @@ of the six augmentations, and uploads of at most 10 MB and 4096 x 4096 pixels.
                            20, 1.0, 0, api_name="/interpolate")  # A, t = 0 ... 1, B
     gallery, score, note = client.predict(handle_file("cat.png"), "rcdm-cifar10-backbone", "flip", 8, 20, 1.0, 0,
                                           api_name="/invariance")  # x, 8 samples from f(x), t(x), 8 from f(t(x))
+    page, html_file = client.predict(["rcdm-cifar10-backbone", "rcdm-cifar10-projector"], 16, 0,
+                                     api_name="/report")   # a small `rcdm report`: the page, and it as one file
 
 The augmentations are those of `rcdm.analysis.AUGMENTATIONS` (flip, crop, hue, grayscale, rotation, blur) at the
 fixed strengths of `rcdm.analysis.AugmentParams`. The score is `rcdm.analysis.invariance` on this one image: 1 = the
@@ -39,9 +45,12 @@ f(x) (it discards t); None when t barely changes the image, with the reason in `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import html
 import io
 import math
+import os
 import tempfile
 import threading
 import uuid
@@ -58,6 +67,7 @@ from rcdm.data import ImageError, open_image
 from rcdm.flags import auto_device
 from rcdm.images import to_pil
 from rcdm.pipeline import DEFAULT_SAMPLING, pretrained_root, recorded_sampling, resolve_model_path, shipped_models
+from rcdm.report import ReportSettings, build_report, inline_html
 from rcdm.viz import thumbnail
 
 # Server-side limits. The widgets show the same ranges, but every handler checks them again: API clients do not
@@ -69,6 +79,8 @@ MAX_POINTS = 16
 MAX_SEED = 2**32 - 1
 MAX_PIXELS = 4096 * 4096
 MAX_FILE_BYTES = 10 * 2**20
+MAX_REPORT_MODELS = 4
+MAX_REPORT_IMAGES = 32
 
 AUGMENT_PARAMS = AugmentParams()  # the analysis' default strengths, for the score and the t(x) shown alike
 AUGMENT_LABELS = {"flip": "flip", "crop": "crop/scale", "hue": "hue jitter", "grayscale": "grayscale",
@@ -186,6 +198,34 @@ def check_augmentation(name) -> str:
     if not isinstance(name, str) or name not in AUGMENTATIONS:
         raise gr.Error(f"Augmentation must be one of: {', '.join(AUGMENTATIONS)}; got {name!r}.")
     return name
+
+
+def check_models(models, known: list[str]) -> list[str]:
+    """1 to MAX_REPORT_MODELS distinct model names, each one the server loaded at start-up."""
+    models = [models] if isinstance(models, str) else models
+    ok = isinstance(models, (list, tuple)) and 1 <= len(models) <= MAX_REPORT_MODELS \
+        and all(isinstance(m, str) for m in models) and len(set(models)) == len(models)
+    if not ok:
+        raise gr.Error(f"Choose 1 to {MAX_REPORT_MODELS} different models; got {models!r}.")
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise gr.Error(f"Unknown model {unknown[0]!r}. Choose from: {', '.join(known) or 'none loaded'}.")
+    return list(models)
+
+
+def report_data() -> str | None:
+    """The Report tab's images: $RCDM_REPORT_DATA (server-side), else the shipped examples folder, else None."""
+    env = os.environ.get("RCDM_REPORT_DATA")
+    if env:
+        return env
+    d = pretrained_root() / "examples"
+    return str(d) if d.is_dir() and any(d.glob("*.png")) else None
+
+
+def page_frame(page: str) -> str:
+    """The report page in a sandboxed iframe: its styles stay out of the app's, and it runs no script."""
+    return (f"<iframe sandbox srcdoc=\"{html.escape(page, quote=True)}\" "
+            "style='width: 100%; height: 900px; border: 1px solid #ddd'></iframe>")
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
@@ -350,6 +390,34 @@ class Handlers:
                        callback=progress_callback(progress, "dreaming"))
         return as_files([(im, f"dream {i + 1}") for i, im in enumerate(to_pil(x))])
 
+    def report(self, models, num_images, seed, progress=gr.Progress()):
+        """A small `rcdm report` (ReportSettings.small) of the chosen models on the server's report data; returns
+        the page with its figures inlined, and the same page as one HTML file."""
+        names = check_models(models, self.models.names)
+        n = check_int("Images", num_images, 4, MAX_REPORT_IMAGES)
+        seed = check_int("Seed", seed, 0, MAX_SEED)
+        data = report_data()
+        if data is None:
+            raise gr.Error("No report data: set RCDM_REPORT_DATA to a data spec before starting the app, or ship "
+                           "example images in pretrained/examples.")
+        loaded = {name: self.models.get(name) for name in names}
+        out = OUTPUT_DIR / f"report-{uuid.uuid4().hex}"
+        command = f"rcdm app, Report tab: models {', '.join(names)}, {n} images, seed {seed}, data {data}"
+        with contextlib.ExitStack() as stack:
+            for name in sorted(loaded):  # one fixed order: two reports never wait on each other's locks
+                stack.enter_context(loaded[name][1])
+            try:
+                build_report({k: p for k, (p, _) in loaded.items()}, data, out,
+                             ReportSettings.small(num_images=n, seed=seed),
+                             {k: str(self.models.paths[k]) for k in names}, command, progress=False,
+                             callback=lambda f, desc: progress(f, desc=desc))
+            except (ValueError, OSError) as e:  # unreadable report data: say what, not a traceback
+                raise gr.Error(f"The report could not be built: {e}") from None
+        page = inline_html(out)
+        single = out / "report.html"
+        single.write_text(page)
+        return page_frame(page), str(single)
+
     @staticmethod
     def _check(num_samples, steps, guidance, seed, batch_per_input: int = 1) -> Sampling:
         """The checked widgets as a sampling spec; the sampler is the model's recorded one. One batch holds
@@ -513,8 +581,26 @@ def dream_tab(h: Handlers) -> None:
     on_click(button, h.dream, [image, model, samples, strength, *controls], out, "dream")
 
 
+def report_tab(h: Handlers) -> None:
+    data = report_data()
+    gr.Markdown("A small `rcdm report` of the chosen models: fidelity, samples, invariance profile, interpolation, "
+                "manipulation, memorization and the comparison, on "
+                + (f"`{data}`" if data else "no data (set RCDM_REPORT_DATA)") + ". It takes a minute or more; "
+                "`rcdm report` on the command line makes the full-size one.")
+    with gr.Row():
+        names = h.models.names
+        models = gr.CheckboxGroup(names, value=names[:2], label="Models", info="side by side, the first is the base")
+        images = gr.Slider(4, MAX_REPORT_IMAGES, value=16, step=1, label="Images",
+                           info="fidelity references (the other sections use fewer)")
+        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+        button = gr.Button("Build report", variant="primary", elem_id="report-run")
+    file = gr.File(label="The report as one HTML file (figures inlined)")
+    page = gr.HTML(elem_id="report-page")
+    on_click(button, h.report, [models, images, seed], [page, file], "report")
+
+
 TABS = [("Sample", sample_tab), ("Compare", compare_tab), ("Interpolate", interpolate_tab),
-        ("Invariance", invariance_tab), ("Dream", dream_tab)]
+        ("Invariance", invariance_tab), ("Dream", dream_tab), ("Report", report_tab)]
 
 
 def build_app(model_paths: list[str] | None = None, device: str | None = None) -> gr.Blocks:

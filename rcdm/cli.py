@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that contribute a subcommand through `add_parser(subparsers)`; each keeps its heavy imports inside.
-_SUBCOMMAND_MODULES: list[str] = ["ssl", "cache", "train", "appcmd", "evaluate", "analysis", "convert", "prior"]
+_SUBCOMMAND_MODULES: list[str] = ["ssl", "cache", "train", "appcmd", "evaluate", "analysis", "convert", "prior",
+                                   "report"]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,23 @@
+"""`rcdm report`: every measurement of rcdm for one model or several, as one static page.
+
+    from rcdm.report import ReportSettings, build_report
+    build_report({"backbone": pipe_b, "projector": pipe_p}, "cifar10_jpeg.npz", "report/", ReportSettings())
+
+Layout: `settings` (what is measured, and on what), `sections` (each section: the measurement, from rcdm.evaluate
+and rcdm.analysis, plus intervals), `stats` (bootstrap and Wilson intervals), `store` (finished sections on disk,
+atomic writes, the progress bar), `page` (report.json and index.html), `build` (the run), `cli` (`rcdm report`).
+"""
+from .cli import add_parser
+
+_LAZY = {"build_report": "build", "ReportSettings": "settings", "inline_html": "page"}
+
+
+def __getattr__(name):  # the heavy modules load on first use, so `rcdm --help` stays instant
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rcdm.report' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
+
+__all__ = ["ReportSettings", "add_parser", "build_report", "inline_html"]

@@ -23,8 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rcdm.encoders import load_encoder
-from rcdm.schedulers import training_scheduler
-from rcdm.train import PRESETS, TrainConfig, diffusion_loss
+from rcdm.train import PRESETS, TrainConfig, make_loss
 
 
 def peak_gflops(dtype=torch.bfloat16, n=2048, reps=10) -> float:
@@ -37,14 +36,14 @@ def peak_gflops(dtype=torch.bfloat16, n=2048, reps=10) -> float:
 
 
 def step_fn(unet, opt, encoder, cfg: TrainConfig, bf16: bool, encode_each_step: bool):
-    sched = training_scheduler(cfg.prediction_type)
+    loss_fn = make_loss(cfg, unet)
     gen = torch.Generator().manual_seed(0)
 
     def step(x, h):
         if encode_each_step:
             h = encoder.encode((x + 1) / 2, autocast_dtype=torch.bfloat16 if bf16 else None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(unet, sched, x, h, cfg, gen)
+            loss = loss_fn(unet, x, h, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -64,9 +63,8 @@ def measure(step, x, h, iters) -> float:
 
 
 def unet_gflop_per_image(unet, cfg, x, h) -> float:
-    sched = training_scheduler(cfg.prediction_type)
     with FlopCounterMode(display=False) as fc:
-        diffusion_loss(unet, sched, x, h, cfg, torch.Generator().manual_seed(0)).backward()
+        make_loss(cfg, unet)(unet, x, h, torch.Generator().manual_seed(0)).backward()
     unet.zero_grad(set_to_none=True)
     return fc.get_total_flops() / len(x) / 1e9
 
@@ -133,11 +131,7 @@ def main():
 
 
 def _unet(cfg, dim, channels_last):
-    from rcdm.model import RCDMUNet
-
-    unet = RCDMUNet(embedding_dim=dim, sample_size=cfg.resolution, block_out_channels=cfg.block_out_channels,
-                    layers_per_block=cfg.layers_per_block, mean_decoder=cfg.mean_decoder,
-                    prediction_type=cfg.prediction_type)
+    unet = cfg.unet.build(dim, cfg.resolution)
     return unet.to(memory_format=torch.channels_last) if channels_last else unet
 
 

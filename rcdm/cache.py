@@ -3,8 +3,8 @@
 The encoder is frozen, so re-encoding every step only burns compute. `rcdm embed` stores, for each usable image i
 and each view v (0 = as is, 1 = horizontally flipped), the embedding f(view_v(x_i)). Training pairs the image in
 view v with exactly that embedding. The file is safetensors; its metadata records the encoder (spec, layer,
-dimension, preprocessing), the data spec, a dataset fingerprint and the views, and training refuses a cache that
-does not match.
+dimension, preprocessing, a fingerprint of its weights), the data spec, a dataset fingerprint and the views, and
+training refuses a cache that does not match its data or an encoder whose weights changed.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class EmbeddingCache:
     indices: torch.Tensor
     labels: torch.Tensor
     meta: dict
+    files: list[str] | None = None  # an image folder's file list, relative to its root: no rescan when training
 
     @classmethod
     def load(cls, path) -> "EmbeddingCache":
@@ -45,14 +46,26 @@ class EmbeddingCache:
         with safe_open(str(path), "pt") as f:
             meta = json.loads(f.metadata()["rcdm"])
         t = load_file(str(path))
-        return cls(t["embeddings"], t["indices"], t["labels"], meta)
+        files = bytes(t["files"].numpy()).decode().split("\n") if "files" in t else None
+        return cls(t["embeddings"], t["indices"], t["labels"], meta, files)
 
     def save(self, path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"embeddings": self.embeddings.contiguous(), "indices": self.indices, "labels": self.labels},
-                  str(tmp), metadata={"rcdm": json.dumps(self.meta)})
+        tensors = {"embeddings": self.embeddings.contiguous(), "indices": self.indices, "labels": self.labels}
+        if self.files:  # newline-joined UTF-8 (no newline in a file name is supported), ~50 MB for ImageNet
+            tensors["files"] = torch.frombuffer(bytearray("\n".join(self.files).encode()), dtype=torch.uint8)
+        save_file(tensors, str(tmp), metadata={"rcdm": json.dumps(self.meta)})
         tmp.replace(path)  # atomic: a crash never leaves a truncated cache under the real name
+
+    def open_data(self, spec: str):
+        """The dataset `spec` names; an image folder is rebuilt from the stored file list instead of rescanned (every
+        rank at every start). The fingerprint check still compares it with the files on disk."""
+        from .data import FolderImages
+
+        if self.files and Path(spec).is_dir():
+            return FolderImages(spec, listing=tuple(self.files))
+        return open_dataset(spec)
 
     @property
     def dim(self) -> int:
@@ -71,6 +84,20 @@ class EmbeddingCache:
             problems.append(f"layer '{enc['layer']}' != requested '{layer}'")
         if problems:
             raise ValueError("embedding cache does not match: " + "; ".join(problems) + ". Re-run `rcdm embed`.")
+
+    def check_encoder(self, encoder) -> None:
+        """Refuse an encoder whose weights are not the ones that made these embeddings: same spec, other network
+        (a random init rebuilt, a weights file replaced). Caches made before fingerprints existed are not checked."""
+        from .encoders.frozen import random_init_error
+
+        if encoder.random_init:
+            raise ValueError(random_init_error(encoder.spec))
+        want = self.meta["encoder"].get("fingerprint")
+        got = encoder.fingerprint() if want else None
+        if want and got != want:
+            raise ValueError(f"encoder {encoder.spec!r} has other weights than the ones this cache was made with "
+                             f"(fingerprint {got[:12]} != {want[:12]}): the denoiser would condition on another "
+                             "network. Restore the original weights, or re-run `rcdm embed`.")
 
 
 class _Preprocessed(torch.utils.data.Dataset):
@@ -102,9 +129,14 @@ def _collate(items):
 
 def build_cache(encoder, data: str, batch_size: int = 256, num_workers: int = 0, max_bad_frac: float = 0.01,
                 progress: bool = True, autocast_dtype=None) -> EmbeddingCache:
-    """Encode every readable image of `data` in each of VIEWS. Unreadable images are skipped and counted."""
+    """Encode every readable image of `data` in each of VIEWS. Unreadable images are skipped and counted. A
+    random-init encoder is refused: no pipeline could ever rebuild the network these embeddings come from."""
     from tqdm.auto import tqdm
 
+    from .encoders.frozen import random_init_error
+
+    if encoder.random_init:
+        raise ValueError(random_init_error(encoder.spec))
     ds = open_dataset(data)
     dl = torch.utils.data.DataLoader(_Preprocessed(ds, encoder.preprocess), batch_size=batch_size,
                                      num_workers=num_workers, collate_fn=_collate)
@@ -121,7 +153,8 @@ def build_cache(encoder, data: str, batch_size: int = 256, num_workers: int = 0,
     meta = {"encoder": encoder.config(), "data": data, "fingerprint": fingerprint(ds), "views": list(VIEWS),
             "num_items": len(ds), "num_bad": len(bad), "bad_examples": [m for _, m in bad[:5]],
             "seconds": round(time.time() - t0, 1)}
-    return EmbeddingCache(torch.cat(embs), torch.cat(indices), torch.cat(labels), meta)
+    files = ds.relative_files() if hasattr(ds, "relative_files") else None
+    return EmbeddingCache(torch.cat(embs), torch.cat(indices), torch.cat(labels), meta, files)
 
 
 def encoder_device(encoder) -> torch.device:

@@ -121,11 +121,15 @@ class EmbeddingCondition:
             raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
                              f"got {tuple(embedding.shape)}")
         h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
-        if drop_mask is not None and bool(drop_mask.any()):
-            if self.null_embedding is None:
+        if drop_mask is None:
+            return h.to(self.dtype)
+        if self.null_embedding is None:
+            if bool(drop_mask.any()):
                 raise ValueError("this model was trained without a null condition (like the published RCDM "
                                  "checkpoints), so classifier-free guidance is unavailable: use guidance_scale=1")
-            h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
+            return h.to(self.dtype)
+        # Always in the graph, even when no row is dropped: DDP expects a gradient for every parameter at every step
+        h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
         return h.to(self.dtype)
 
 

@@ -134,6 +134,7 @@ class RCDMPipeline(DiffusionPipeline):
             encoder = load_encoder(enc_cfg["spec"], enc_cfg["layer"], base_dir=path)
             # The model's own view of the images (e.g. RCDM's [-1, 1] pixels), not the registry's default for the spec
             encoder.preprocess = Preprocess.from_dict(enc_cfg["preprocess"])
+            check_encoder_weights(encoder, enc_cfg, path)
         else:
             check_encoder_matches(encoder, enc_cfg, path)
         sched = make_scheduler(scheduler or meta.get("scheduler", _DEFAULTS["scheduler"]),
@@ -325,6 +326,22 @@ def check_encoder_matches(encoder, recorded: dict, where) -> None:
             "Embeddings from another encoder or layer live in a different space; load without `encoder=` "
             "or train a denoiser for that encoder."
         )
+    check_encoder_weights(encoder, recorded, where)
+
+
+def check_encoder_weights(encoder, recorded: dict, where) -> None:
+    """Refuse an encoder whose weights differ from the recorded fingerprint (one spec, another network: a random
+    init rebuilt, a weights file replaced). Models saved before fingerprints existed record none: not checked."""
+    want = recorded.get("fingerprint")
+    if not want:
+        return
+    got = encoder.fingerprint()
+    if got != want:
+        why = (" It has no stored weights (a random init), so every load draws another network; train on an encoder "
+               "with a weights file (torchvision:ARCH@weights.pth)." if encoder.random_init else
+               " Restore the weights file the model was trained with, or retrain.")
+        raise ValueError(f"{where}: encoder {encoder.spec!r} has other weights than the ones this denoiser was trained "
+                         f"on (fingerprint {got[:12]} != recorded {want[:12]}).{why}")
 
 
 def _spec_key(spec: str) -> str:

@@ -7,11 +7,16 @@ Reads frozen embeddings from an `rcdm embed` cache, so the encoder never runs du
 `checkpoint_every` steps the full state (model, optimizer, LR schedule, EMA, step) is written to a temporary
 directory and renamed into place, so `--resume latest` continues exactly and a crash never corrupts the last
 checkpoint. The final export is a `save_pretrained` pipeline with the EMA weights and a model card.
+
+Preemption (SLURM and the like): `--resume auto` continues from the latest checkpoint if there is one and starts
+fresh otherwise, so one command serves the first run and every requeue. SIGUSR1 writes a checkpoint at once and
+training continues; SIGTERM writes one and exits without the export; SIGINT (Ctrl-C) writes one and exports.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -26,7 +31,6 @@ import torch
 
 from .cache import VIEWS, EmbeddingCache, apply_view
 from .config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
-from .data import open_dataset
 from .images import resize_center_crop, to_pil
 from .loss import RCDMLoss
 from .model import UNetConfig
@@ -49,8 +53,14 @@ class TrainConfig:
     snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR-gamma loss weighting (0 = uniform)"})
     beta_schedule: str = field(default="linear", metadata={"help": "noise schedule (diffusers beta_schedule)"})
     cond_drop_prob: float = field(default=0.1, metadata={"help": "P(embedding -> null) for classifier-free guidance"})
-    batch_size: int = field(default=32, metadata={"help": "images per process per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    batch_size: int = field(default=32, metadata={"help": "images per process per micro-batch; with "
+                                                          "--global-batch-size, the largest one allowed"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps (derived when "
+                                                         "--global-batch-size is set)"})
+    global_batch_size: int = field(default=0, metadata={
+        "help": "images per optimizer step over all processes (0 = off: --batch-size x --grad-accum per process). "
+                "The per-device batch (at most --batch-size) and the accumulation are derived from the number of "
+                "processes and logged"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=200, metadata={"help": "linear LR warmup (optimizer steps)"})
@@ -70,9 +80,19 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=500, metadata={"help": "save a resumable checkpoint every N steps"})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "keep at most this many checkpoints"})
-    resume: str = field(default="", metadata={"help": "'latest' or a checkpoint directory to resume exactly"})
+    resume: str = field(default="", metadata={
+        "help": "continue a run exactly: 'auto' (the latest checkpoint if there is one, else a fresh start: one "
+                "command for the first run and every requeue), 'latest' (one must exist) or a checkpoint directory"})
     init_from: str = field(default="", metadata={"help": "pipeline directory to start from (new optimizer, re-warmed)"})
-    log_every: int = field(default=50, metadata={"help": "log losses every N steps"})
+    log_every: int = field(default=50, metadata={"help": "log losses every N steps (the only steps that wait for "
+                                                         "the loss across processes)"})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "where the logs go: tensorboard, wandb (pip install wandb; WANDB_MODE=offline logs without a "
+                "network) or all (both)", "choices": ["tensorboard", "wandb", "all"]})
+    sync_every: int = field(default=10, metadata={"help": "agree signals and --max-minutes across processes every N "
+                                                          "steps (a single process checks every step)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (slow first steps; "
+                                                           "unmeasured on GPUs)"})
     sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps (0 = off)"})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for logged sample grids (the default sampler, DDPM)"})
     export_dtype: str = field(default="float32", metadata={"help": "dtype of exported weights: float32, float16",
@@ -86,13 +106,14 @@ PRESETS = {
     # The reference network exactly (facebookresearch/RCDM MODEL_FLAGS_128, rcdm.adm: 422,603,782 parameters at
     # ssl_dim 2048): 256 base channels, mult (1, 1, 2, 3, 4), attention at 32/16/8 px with 4 heads, ResBlock
     # resampling, eps with a learned variance trained by the hybrid loss, uniform weights; AdamW 1e-4, EMA 0.9999,
-    # batch 256 in total. Beyond the reference: condition dropout 0.1 (a learned null h) for guidance.
+    # batch 256 in total (at most 8 per device, as on the reference's 32 V100s). Beyond the reference: condition
+    # dropout 0.1 (a learned null h) for guidance.
     "imagenet-128": TrainConfig(
         resolution=128, unet=UNetConfig(arch="adm", block_out_channels=(256, 256, 512, 768, 1024), layers_per_block=2,
                                         attention_levels=(2, 3, 4), num_heads=4, mean_decoder=False,
                                         prediction_type="epsilon", learn_sigma=True),
-        snr_gamma=0.0, mean_loss_weight=0.0, batch_size=8, lr=1e-4, warmup_steps=1000, max_steps=600_000,
-        ema_power=2 / 3, checkpoint_every=5000, sample_every=5000, num_workers=8, sample_steps=50,
+        snr_gamma=0.0, mean_loss_weight=0.0, global_batch_size=256, batch_size=8, lr=1e-4, warmup_steps=1000,
+        max_steps=600_000, ema_power=2 / 3, checkpoint_every=5000, sample_every=5000, num_workers=8, sample_steps=50,
     ),
 }
 
@@ -136,6 +157,48 @@ def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.
     return seeded_generator(cfg.seed, step, micro, rank)
 
 
+# -------------------------------------------------------------------------------------------------- batch
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's images are split: global batch = processes x per-device batch x accumulation."""
+
+    num_processes: int
+    per_device: int
+    grad_accum: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.num_processes * self.per_device * self.grad_accum
+
+    def describe(self) -> str:
+        return (f"global batch {self.global_batch} = {self.num_processes} process(es) x {self.per_device} per device "
+                f"x {self.grad_accum} accumulation step(s)")
+
+
+def plan_batch(global_batch: int, num_processes: int, max_per_device: int) -> BatchPlan:
+    """The fewest accumulation steps whose per-device micro-batch is at most `max_per_device` and splits the global
+    batch exactly: DDP averages gradients over equal micro-batches, so every process must see the same count."""
+    if global_batch < 1 or max_per_device < 1:
+        raise ValueError(f"--global-batch-size ({global_batch}) and --batch-size ({max_per_device}) must be positive")
+    if global_batch % num_processes:
+        raise ValueError(f"--global-batch-size {global_batch} does not split over {num_processes} processes; use a "
+                         f"multiple of {num_processes}, or another number of processes")
+    per_process = global_batch // num_processes
+    accum = next(a for a in range(math.ceil(per_process / max_per_device), per_process + 1) if per_process % a == 0)
+    return BatchPlan(num_processes, per_process // accum, accum)
+
+
+def apply_global_batch(cfg: TrainConfig, num_processes: int) -> tuple[TrainConfig, BatchPlan]:
+    """The config with --batch-size / --grad-accum derived from --global-batch-size (unchanged when it is 0)."""
+    if not cfg.global_batch_size:
+        return cfg, BatchPlan(num_processes, cfg.batch_size, cfg.grad_accum)
+    if cfg.grad_accum != 1:
+        raise ValueError(f"--grad-accum {cfg.grad_accum} and --global-batch-size {cfg.global_batch_size} both set the "
+                         "accumulation; leave --grad-accum at 1 (it is derived), or set --global-batch-size 0")
+    plan = plan_batch(cfg.global_batch_size, num_processes, cfg.batch_size)
+    return dataclasses.replace(cfg, batch_size=plan.per_device, grad_accum=plan.grad_accum), plan
+
+
 # -------------------------------------------------------------------------------------------------- setup
 def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
     if cfg.init_from:
@@ -146,40 +209,88 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
         if unet.config.embedding_dim != dim:
             raise ValueError(f"--init-from {cfg.init_from} expects {unet.config.embedding_dim}-d embeddings, "
                              f"the cache has {dim}-d ones")
+        if cfg.cond_drop_prob > 0 and getattr(unet, "null_embedding", None) is None:
+            raise ValueError(f"--init-from {cfg.init_from} has no learned null embedding (a converted RCDM "
+                             "checkpoint), so it cannot learn to drop the condition: add --cond-drop-prob 0")
         return unet
     unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
     unet.set_embedding_stats(cache.embeddings.flatten(0, 1))
     return unet
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_optimizer(cfg: TrainConfig, unet, device: torch.device):
+    """AdamW; the fused CUDA kernel on GPUs (one launch for all parameters instead of several per tensor)."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def enable_tf32(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on Ampere and later: the fp32 parts of a bf16 run (the loss, the optimizer)
+    lose nothing a diffusion loss can see."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def make_ema(cfg: TrainConfig, acc, unet):
+    """diffusers' EMA, on the main process only (only it samples, saves and exports), updated with foreach ops."""
+    from diffusers.training_utils import EMAModel
+
+    if not acc.is_main_process:
+        return None
+    return EMAModel(acc.unwrap_model(unet).parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
+                    power=cfg.ema_power, foreach=True)
+
+
+def make_accelerator(cfg, find_unused_parameters: bool = False):
+    """The Accelerator of a run. `find_unused_parameters` lets DDP finish a step in which a parameter took no part."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs as DDPKwargs
 
+    report_to = getattr(cfg, "report_to", "tensorboard")
     return Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
+        kwargs_handlers=[DDPKwargs(find_unused_parameters=find_unused_parameters)],
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        log_with=["tensorboard", "wandb"] if report_to == "all" else [report_to],
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
         # A seeded sampler makes the shuffle order a function of (seed, epoch), so resume can skip to the batch.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                  non_blocking=torch.cuda.is_available()),  # with pinned memory
     )
 
 
-def make_dataloader(cfg: TrainConfig, cache: EmbeddingCache):
-    ds = open_dataset(cfg.data)
+def make_dataloader(cfg: TrainConfig, cache: EmbeddingCache, pin_memory: bool = False):
+    ds = cache.open_data(cfg.data)
     cache.check_matches(ds)
     paired = PairedDataset(ds, cache, cfg.resolution)
     if len(paired) < cfg.batch_size:
         raise ValueError(f"{len(paired)} training items is fewer than one batch of {cfg.batch_size}")
     return torch.utils.data.DataLoader(paired, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+                                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                                       pin_memory=pin_memory)
+
+
+def load_cache_encoder(cache: EmbeddingCache):
+    """The encoder that made the cache, refused if its weights are not the ones it was made with (every rank checks,
+    so all of them stop with the same error). The sample grids and the export reuse it."""
+    from .encoders import load_encoder
+
+    enc = cache.meta["encoder"]
+    encoder = load_encoder(enc["spec"], enc["layer"])
+    cache.check_encoder(encoder)
+    return encoder
 
 
 # -------------------------------------------------------------------------------------------------- checkpoints
 class Checkpointer:
-    """Resumable checkpoints under output_dir/checkpoints/checkpoint-<step>, written to `.tmp` then renamed."""
+    """Resumable checkpoints under output_dir/checkpoints/checkpoint-<step>, written to `.tmp` then renamed.
 
-    def __init__(self, accelerator, cfg: TrainConfig):
-        self.acc, self.cfg = accelerator, cfg
+    `trainer_state.json` records the step, the config, the number of processes and `extra` (the batch plan): a run
+    resumed on another number of processes would see other data in another order, so it is refused."""
+
+    def __init__(self, accelerator, cfg, extra: dict | None = None):
+        self.acc, self.cfg, self.extra = accelerator, cfg, extra or {}
         self.root = Path(cfg.output_dir) / "checkpoints"
 
     def save(self, step: int, ema) -> Path:
@@ -191,7 +302,8 @@ class Checkpointer:
         if self.acc.is_main_process:
             save_file({f"{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)},
                       str(tmp / "ema.safetensors"))
-            state = {"step": step, "ema_optimization_step": ema.optimization_step, "config": dataclasses.asdict(self.cfg)}
+            state = {"step": step, "ema_optimization_step": ema.optimization_step,
+                     "config": dataclasses.asdict(self.cfg), "num_processes": self.acc.num_processes, **self.extra}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -214,27 +326,52 @@ class Checkpointer:
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
     def load(self, which: str, ema) -> int:
+        """Restore a checkpoint and return its step; 0 (nothing restored) for 'auto' without a checkpoint. `ema` is
+        None on processes that keep no EMA."""
         from safetensors.torch import load_file
 
         path = self._resolve(which)
+        if path is None:
+            self.acc.print(f"--resume auto: no checkpoint under {self.root} yet; starting from step 0")
+            return 0
         state = json.loads((path / "trainer_state.json").read_text())
         _check_resumed_schedule(state.get("config", {}), self.cfg, path)
+        _check_resumed_layout(state, path, self.acc.num_processes, self.extra)
         self.acc.load_state(str(path))
-        shadow = load_file(str(path / "ema.safetensors"))
-        for i, p in enumerate(ema.shadow_params):
-            p.data.copy_(shadow[str(i)])
-        ema.optimization_step = state["ema_optimization_step"]
+        if ema is not None:
+            shadow = load_file(str(path / "ema.safetensors"))
+            for i, p in enumerate(ema.shadow_params):
+                p.data.copy_(shadow[str(i)])
+            ema.optimization_step = state["ema_optimization_step"]
+        self.acc.print(f"resumed from {path} at step {state['step']}")
         return state["step"]
 
-    def _resolve(self, which: str) -> Path:
-        if which != "latest":
+    def _resolve(self, which: str) -> Path | None:
+        if which not in ("latest", "auto"):
             if not (Path(which) / "trainer_state.json").is_file():
-                raise FileNotFoundError(f"--resume {which}: not a complete checkpoint directory")
+                raise FileNotFoundError(f"--resume {which}: not a complete checkpoint directory; give one, or "
+                                        "'latest' or 'auto'")
             return Path(which)
         found = self.list()
-        if not found:
-            raise FileNotFoundError(f"--resume latest: no checkpoint under {self.root}")
-        return found[-1]
+        if not found and which == "latest":
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {self.root}; use --resume auto to start "
+                                    "fresh when there is none")
+        return found[-1] if found else None
+
+
+def _check_resumed_layout(state: dict, path: Path, num_processes: int, extra: dict) -> None:
+    """Refuse to resume on another number of processes, or with another batch plan: the per-process data order, the
+    batches already consumed and the LR schedule's step count all depend on them. Checkpoints written before the
+    count was recorded hold one RNG file per process."""
+    saved = state.get("num_processes") or len(list(path.glob("random_states_*.pkl"))) or num_processes
+    if saved != num_processes:
+        raise ValueError(f"--resume {path}: the checkpoint was written by {saved} processes and this run has "
+                         f"{num_processes}; the data order and the LR schedule would not continue. Resume on "
+                         f"{saved} processes, or start a new stint from an exported pipeline with --init-from.")
+    if "batch" in state and "batch" in extra and state["batch"] != extra["batch"]:
+        raise ValueError(f"--resume {path}: the checkpoint's batch ({state['batch']}) differs from this run's "
+                         f"({extra['batch']}); resume with its --global-batch-size / --batch-size / --grad-accum, or "
+                         "start a new stint with --init-from.")
 
 
 def _check_resumed_schedule(saved: dict, cfg: TrainConfig, path: Path) -> None:
@@ -250,91 +387,149 @@ def _check_resumed_schedule(saved: dict, cfg: TrainConfig, path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- loop
-def train(cfg: TrainConfig, command: str = "") -> Path:
-    """Run the training loop; returns the exported pipeline directory."""
+def train(cfg: TrainConfig, command: str = "") -> Path | None:
+    """Run the training loop; returns the exported pipeline directory, or None for a preempted run (SIGTERM: it
+    stops with a checkpoint and skips the export, for `--resume auto` to continue)."""
+    _validate(cfg)
+    # Signals are caught from the start: one that arrives during the setup (a preemption while the data loads) is
+    # acted on after the first step, and SIGUSR1 never kills the run (its default action would).
+    with StopRequest(preemption_skips_export=True) as request:
+        return _train(cfg, command, request)
+
+
+def _train(cfg: TrainConfig, command: str, request: StopRequest) -> Path | None:
     from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    _validate(cfg)
     acc = make_accelerator(cfg)
-    set_seed(cfg.seed)  # same initial weights on every process and every run
+    cfg, plan = apply_global_batch(cfg, acc.num_processes)
+    acc.gradient_accumulation_steps = cfg.grad_accum
+    acc.print(plan.describe())
+    enable_tf32(acc.device)
     cache = EmbeddingCache.load(cfg.cache)
+    encoder = load_cache_encoder(cache)  # before the seed: building it may draw from the global RNG
+    encoder = encoder if acc.is_main_process else None  # every rank checked it; only the main one samples
+    set_seed(cfg.seed)  # same initial weights on every process and every run
     unet = build_unet(cfg, cache.dim, cache)
     if cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        unet.compile()  # in place: parameter names, the EMA and checkpoints stay those of the eager module
     loss_fn = make_loss(cfg, unet)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, unet, acc.device)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
-    dl = make_dataloader(cfg, cache)
+    dl = make_dataloader(cfg, cache, pin_memory=acc.device.type == "cuda")
+    grid = grid_inputs(dl.dataset) if cfg.sample_every and acc.is_main_process else None  # read once per run
     unet, opt, dl, lr_sched = acc.prepare(unet, opt, dl, lr_sched)
-    ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
-                   power=cfg.ema_power)
-    ckpt = Checkpointer(acc, cfg)
+    ema = make_ema(cfg, acc, unet)
+    ckpt = Checkpointer(acc, cfg, {"batch": dataclasses.asdict(plan)})
     step = ckpt.load(cfg.resume, ema) if cfg.resume else 0
     if acc.is_main_process:
-        acc.init_trackers("rcdm", config=_flat_config(cfg))
+        acc.init_trackers("rcdm", config=_flat_config(cfg), init_kwargs={"wandb": {"dir": str(Path(cfg.output_dir))}})
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
-    losses, t0, stop = [], time.time(), False
+    window, t0, preempted = LossWindow(acc, step, cfg.output_dir), time.time(), False
     batches = _batches(dl, step * cfg.grad_accum, acc)
-    with StopRequest() as request:
-        while step < cfg.max_steps and not stop:
-            loss = train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step)
+    while step < cfg.max_steps:
+        window.append(*train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step))
+        if ema is not None:
             ema.step(acc.unwrap_model(unet).parameters())  # once per optimizer step, i.e. only when grads synced
-            step += 1
-            losses.append(loss)
-            bar.update(1)
-            time_up = cfg.max_minutes > 0 and (time.time() - t0) / 60 >= cfg.max_minutes
-            stop = any_rank(acc, time_up or request.signal is not None)
-            _periodic(acc, cfg, ckpt, ema, unet, cache, step, losses, bar, lr_sched,
-                      force_ckpt=stop or step == cfg.max_steps)
+        step += 1
+        bar.update(1)
+        stop, preempted, checkpoint_now = _requests(acc, cfg, request, step, t0)
+        _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, grid, step, window, bar, lr_sched,
+                  force_ckpt=stop or checkpoint_now or step == cfg.max_steps)
+        if stop:
+            break
     bar.close()
-    out = export(acc, cfg, unet, ema, cache, step, command)
+    if preempted:
+        acc.print(f"preempted at step {step}: checkpoint written, export skipped; run the same command with "
+                  "--resume auto to continue")
+        acc.end_training()
+        return None
+    out = export(acc, cfg, unet, ema, cache, step, command, encoder)
     acc.end_training()
     return out
 
 
 class StopRequest:
-    """SIGINT / SIGTERM (Ctrl-C, `kill`, SLURM preemption) stop the loop after the current step with a checkpoint
-    and an export, instead of losing everything since the last periodic checkpoint. A second signal aborts at once
-    (checkpoints are written to a temporary directory and renamed, so an abort never corrupts one)."""
+    """Signals, acted on between steps. SIGINT (Ctrl-C) and SIGTERM (`kill`, SLURM preemption) stop the loop after
+    the current step with a checkpoint; SIGUSR1 (SLURM `--signal=USR1@120`, before a time limit) asks for a
+    checkpoint and training goes on. A second Ctrl-C aborts at once (checkpoints are written to a temporary directory
+    and renamed, so an abort never corrupts one); a repeated SIGTERM is ignored, as a launcher and SLURM may each
+    send one. With `preemption_skips_export`, a SIGTERM run skips the export (a requeued run will continue it)."""
 
-    def __init__(self):
+    def __init__(self, preemption_skips_export: bool = False):
         self.signal: str | None = None
+        self.checkpoint_requested = False
+        self.preemption_skips_export = preemption_skips_export
         self._previous: dict = {}
 
     def __enter__(self):
+        wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
         try:
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._handle) for s in wanted}
         except ValueError:  # not the main thread (e.g. called from a UI worker): keep the default behaviour
             self._previous = {}
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if name == "SIGUSR1":
+            self.checkpoint_requested = True
+            print("\nreceived SIGUSR1: writing a checkpoint after this step (on several processes, at the next "
+                  "--sync-every step); training continues", file=sys.stderr, flush=True)
+            return
         if self.signal is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without a final checkpoint")
-        self.signal = signal.Signals(signum).name
-        print(f"\nreceived {self.signal}: finishing this step, then a checkpoint and the export "
-              "(send it again to abort)", file=sys.stderr, flush=True)
+            if name == "SIGINT":
+                raise KeyboardInterrupt("second SIGINT: aborting without a final checkpoint")
+            return
+        self.signal = name
+        then = ("a checkpoint, no export (continue with --resume auto)"
+                if name == "SIGTERM" and self.preemption_skips_export else "a checkpoint and the export")
+        print(f"\nreceived {name}: finishing this step, then {then} (Ctrl-C again to abort)", file=sys.stderr,
+              flush=True)
+
+    def take_checkpoint_request(self) -> bool:
+        """Whether SIGUSR1 arrived since the last call."""
+        requested, self.checkpoint_requested = self.checkpoint_requested, False
+        return requested
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
 
-def any_rank(acc, flag: bool) -> bool:
-    """True on every process if it is true on any: ranks must agree to stop at the same step, or the next
-    collective (gradient all-reduce, checkpoint barrier) would hang. Clocks and signals differ per process."""
+def agree(acc, *flags: bool) -> tuple[bool, ...]:
+    """Each flag true on every process if it is true on any, in one collective: ranks must stop and checkpoint at
+    the same step, or the next collective (gradient all-reduce, checkpoint barrier) would hang. Clocks and signals
+    differ per process."""
     if acc.num_processes == 1:
-        return flag
-    return acc.gather(torch.tensor([float(flag)], device=acc.device)).max().item() > 0
+        return tuple(bool(f) for f in flags)
+    got = acc.gather(torch.tensor([[float(f) for f in flags]], device=acc.device))  # (P, n)
+    return tuple(bool(v) for v in got.amax(0).tolist())
+
+
+def any_rank(acc, flag: bool) -> bool:
+    """True on every process if it is true on any."""
+    return agree(acc, flag)[0]
+
+
+def _requests(acc, cfg: TrainConfig, request: StopRequest, step: int, t0: float) -> tuple[bool, bool, bool]:
+    """(stop, preempted, checkpoint now), the same on every process. Several processes agree every `sync_every`
+    steps only: each agreement is a collective that waits for the whole step. The last step needs none."""
+    if step >= cfg.max_steps or (acc.num_processes > 1 and step % cfg.sync_every):
+        return False, False, False
+    time_up = cfg.max_minutes > 0 and (time.time() - t0) / 60 >= cfg.max_minutes
+    return agree(acc, time_up or request.signal is not None, request.signal == "SIGTERM",
+                 request.take_checkpoint_request())
 
 
 def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
-    """Warmup, then constant or decayed to 0 at `max_steps`.
+    """Warmup, then constant or decayed to 0 at `max_steps`, counted in optimizer steps of the global batch.
 
-    Steps are counted per process because Accelerate's prepared scheduler steps once per process per optimizer step.
-    """
+    The counts are scaled by the process count because Accelerate's prepared scheduler steps once per process per
+    optimizer step (and not at all on accumulation micro-batches). A checkpoint's schedule is therefore tied to its
+    process count, which is why resuming on another one is refused."""
     from diffusers.optimization import get_scheduler
 
     name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
@@ -342,9 +537,11 @@ def make_lr_schedule(opt, cfg: TrainConfig, num_processes: int = 1):
                          num_training_steps=cfg.max_steps * num_processes)
 
 
-def train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step) -> float:
-    """One optimizer step over `grad_accum` micro-batches. Returns the mean loss across processes."""
-    total = 0.0
+def train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over `grad_accum` micro-batches. Returns this process's mean loss and the gradient norm
+    before clipping (None without clipping) as device scalars: reading them would make the host wait for the step,
+    so `LossWindow` does that only at log steps."""
+    total, norm = 0.0, None
     for micro in range(cfg.grad_accum):
         x0, h = next(batches)
         if cfg.channels_last:
@@ -353,17 +550,54 @@ def train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step) -> float:
             loss = loss_fn(unet, x0, h, step_generator(cfg, step, micro, acc.process_index))
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+                norm = acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
             opt.step()
             lr_sched.step()
             opt.zero_grad(set_to_none=True)
-        total += acc.gather(loss.detach().float().reshape(1)).mean().item() / cfg.grad_accum
-    if not math.isfinite(total):
-        raise FloatingPointError(
-            f"loss became {total} at step {step + 1}; stopping. The last good checkpoint is kept under "
-            f"{Path(cfg.output_dir) / 'checkpoints'}. Lower --lr, or use --mixed-precision no to rule out overflow."
-        )
-    return total
+        total = total + loss.detach().float() / cfg.grad_accum
+    return total, norm
+
+
+class LossWindow:
+    """Per-step losses and gradient norms since the last log line, left on the device. They are reduced across
+    processes and checked for NaN only at log, sample and checkpoint steps, so no other step waits for the device
+    or the other ranks. A clock gives img/s over the window, without the time spent on grids and checkpoints."""
+
+    def __init__(self, acc, step: int, output_dir: str):
+        self.acc, self.output_dir = acc, output_dir
+        self.clear(step)
+
+    def append(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
+        self.losses.append(loss)
+        if grad_norm is not None:
+            self.norms.append(grad_norm.detach().float())
+
+    def reduce(self) -> list[float]:
+        """The mean over processes of each pending step's loss; FloatingPointError naming the first bad step."""
+        local = torch.stack(self.losses)[None]  # (1, n)
+        values = (self.acc.gather(local).mean(0) if self.acc.num_processes > 1 else local[0]).tolist()  # (n,)
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise FloatingPointError(
+                f"loss became {values[bad]} at step {self.first + bad}; stopping. The last good checkpoint is kept "
+                f"under {Path(self.output_dir) / 'checkpoints'}. Lower --lr, or use --mixed-precision no to rule out "
+                "overflow.")
+        return values
+
+    def log_line(self, values: list[float], images_per_step: int) -> dict:
+        """The window's mean loss, mean gradient norm (identical on every rank after the all-reduce) and img/s."""
+        logs = {"loss": sum(values) / len(values)}
+        if self.norms:
+            logs["grad_norm"] = torch.stack(self.norms).mean().item()
+        logs["img_per_s"] = len(values) * images_per_step / max(time.perf_counter() - self.t0, 1e-9)
+        return logs
+
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` (a sample grid, a checkpoint) out of the img/s clock."""
+        self.t0 += seconds
+
+    def clear(self, step: int) -> None:
+        self.first, self.losses, self.norms, self.t0 = step + 1, [], [], time.perf_counter()
 
 
 def _batches(dl, skip: int, acc):
@@ -377,73 +611,109 @@ def _batches(dl, skip: int, acc):
         epoch += 1
 
 
-def _periodic(acc, cfg, ckpt, ema, unet, cache, step, losses, bar, lr_sched, force_ckpt):
-    if step % cfg.log_every == 0 or force_ckpt:
-        recent = losses[-cfg.log_every:]
-        logs = {"loss": sum(recent) / len(recent), "lr": lr_sched.get_last_lr()[0]}
+def _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, grid, step, window, bar, lr_sched, force_ckpt):
+    log_now = step % cfg.log_every == 0 or force_ckpt
+    sample_now = bool(cfg.sample_every) and step % cfg.sample_every == 0
+    ckpt_now = step % cfg.checkpoint_every == 0 or force_ckpt
+    if not (log_now or sample_now or ckpt_now):
+        return
+    values = window.reduce()  # a NaN stops the run before anything is sampled or saved
+    if log_now:
+        logs = {**window.log_line(values, acc.num_processes * cfg.batch_size * cfg.grad_accum),
+                "lr": lr_sched.get_last_lr()[0]}
+        if acc.device.type == "cuda":
+            logs["peak_mem_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
         acc.log(logs, step=step)
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         if acc.is_main_process:
             with open(Path(cfg.output_dir) / "losses.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **logs}) + "\n")
-    if cfg.sample_every and step % cfg.sample_every == 0:
-        log_samples(acc, cfg, ema, unet, cache, step)
-    if step % cfg.checkpoint_every == 0 or force_ckpt:
+        window.clear(step)
+    t = time.perf_counter()
+    if sample_now:
+        log_samples(acc, cfg, ema, unet, cache, step, encoder=encoder, grid=grid)
+    if ckpt_now:
         ckpt.save(step, ema)
+    window.pause(time.perf_counter() - t)
 
 
 # -------------------------------------------------------------------------------------------------- samples/export
-def ema_pipeline(acc, cfg, ema, unet, cache):
+def ema_pipeline(acc, cfg, ema, unet, cache, encoder=None):
     """A pipeline holding a copy of the UNet with the EMA weights (the training weights are untouched)."""
     import copy
 
-    from .encoders import load_encoder
     from .pipeline import RCDMPipeline
 
     model = copy.deepcopy(acc.unwrap_model(unet)).float().to(memory_format=torch.contiguous_format)
+    model._compiled_call_impl = None  # --compile: sample eagerly, sampling shapes would only trigger recompiles
     ema.copy_to(model.parameters())
-    enc = cache.meta["encoder"]
-    encoder = load_encoder(enc["spec"], enc["layer"])
+    encoder = load_cache_encoder(cache) if encoder is None else encoder
     sched = make_scheduler(DEFAULT_SAMPLING["scheduler"], noise_schedule(cfg, model).config)
     pipe = RCDMPipeline(unet=model.eval(), scheduler=sched, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5):
-    """Grid of (input, samples) rows for the first training items, as PNG and in tensorboard."""
+def grid_rows(labels: torch.Tensor, n: int) -> list[int]:
+    """Cache rows a sample grid shows: the first item of each class in cache order, then the items after the
+    first, n in all (a sorted ImageFolder would otherwise give n images of its first class)."""
+    seen, firsts = set(), []
+    for i, y in enumerate(labels.tolist()):
+        if y not in seen:
+            seen.add(y)
+            firsts.append(i)
+            if len(firsts) == n:
+                return firsts
+    chosen = set(firsts)
+    return firsts + [i for i in range(len(labels)) if i not in chosen][: n - len(firsts)]
+
+
+def grid_inputs(paired: PairedDataset, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, h) pairs every sample grid of a run shows, read once: x (n, 3, R, R) in [-1, 1], h (n, D)."""
+    items = [paired[i * paired.k] for i in grid_rows(paired.cache.labels, min(n, len(paired.cache.indices)))]
+    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+
+
+def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5, encoder=None, grid=None):
+    """Grid of (input, samples) rows, one class per row as far as there are classes, as PNG and in tensorboard."""
     if acc.is_main_process:
         from .viz import image_grid
 
-        pipe = ema_pipeline(acc, cfg, ema, unet, cache)
-        ds = PairedDataset(open_dataset(cfg.data), cache, cfg.resolution)
-        items = [ds[j * ds.k] for j in range(min(n_inputs, len(cache.indices)))]
-        x = torch.stack([it[0] for it in items])  # (n, 3, R, R) in [-1, 1]
-        out = pipe(embeddings=torch.stack([it[1] for it in items]), num_samples=n_samples,
+        pipe = ema_pipeline(acc, cfg, ema, unet, cache, encoder)
+        x, h = grid if grid is not None else grid_inputs(PairedDataset(cache.open_data(cfg.data), cache,
+                                                                       cfg.resolution), n_inputs)
+        out = pipe(embeddings=h, num_samples=n_samples,
                    num_inference_steps=cfg.sample_steps, generator=torch.Generator().manual_seed(cfg.seed))
         inputs = to_pil((x + 1) / 2)
-        grid = image_grid([[inputs[i]] + out.images[i * n_samples:(i + 1) * n_samples] for i in range(len(items))])
+        sheet = image_grid([[inputs[i]] + out.images[i * n_samples:(i + 1) * n_samples] for i in range(len(x))])
         path = Path(cfg.output_dir) / "samples" / f"step-{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
+        sheet.save(path)
         import numpy as np
 
         for tracker in acc.trackers:
             if tracker.name == "tensorboard":
-                tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+                tracker.writer.add_image("samples", np.asarray(sheet), step, dataformats="HWC")
+            elif tracker.name == "wandb":
+                tracker.log_images({"samples": [sheet]}, step=step)
     acc.wait_for_everyone()
 
 
-def export(acc, cfg, unet, ema, cache, step, command: str) -> Path:
+def export(acc, cfg, unet, ema, cache, step, command: str, encoder=None) -> Path:
     """Save the EMA pipeline to output_dir/pipeline with a model card holding the exact command."""
     out = Path(cfg.output_dir) / "pipeline"
     if acc.is_main_process:
-        pipe = ema_pipeline(acc, cfg, ema, unet, cache)
-        pipe.encoder.spec = relocate_spec(pipe.encoder.spec, out)
+        pipe = ema_pipeline(acc, cfg, ema, unet, cache, encoder)
+        spec, pipe.encoder.spec = pipe.encoder.spec, relocate_spec(pipe.encoder.spec, out)
         info = {"command": command, "steps": step, "config": dataclasses.asdict(cfg),
+                "batch": {"num_processes": acc.num_processes, "per_device": cfg.batch_size,
+                          "grad_accum": cfg.grad_accum, "global": acc.num_processes * cfg.batch_size * cfg.grad_accum},
                 "cache": {k: cache.meta[k] for k in ("data", "fingerprint", "views", "num_bad")}}
         info["history"] = lineage(init_training_info(cfg), command, step)
-        pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)
+        try:
+            pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)
+        finally:
+            pipe.encoder.spec = spec
         write_model_card(out, info, cache)
     acc.wait_for_everyone()
     return out
@@ -495,8 +765,16 @@ def _validate(cfg: TrainConfig):
         raise ValueError("--data and --cache are required (make the cache with `rcdm embed`)")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
-    if cfg.resume and cfg.init_from:
-        raise ValueError("use either --resume (continue a run exactly) or --init-from (new run from weights)")
+    if cfg.resume and cfg.resume != "auto" and cfg.init_from:
+        raise ValueError("use either --resume (continue a run exactly) or --init-from (new run from weights); "
+                         "--resume auto may go with --init-from (the first run starts from the weights)")
+    if cfg.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"--report-to {cfg.report_to} needs the wandb package: pip install wandb (WANDB_MODE=offline "
+                         "logs without a network), or use --report-to tensorboard")
+    if cfg.sync_every < 1:
+        raise ValueError(f"--sync-every {cfg.sync_every}: must be at least 1 (steps between agreements)")
+    if cfg.global_batch_size < 0:
+        raise ValueError(f"--global-batch-size {cfg.global_batch_size}: must be positive, or 0 for off")
 
 
 def _flat_config(cfg) -> dict:
@@ -539,6 +817,8 @@ def cmd_train(args, command: str | None = None) -> None:
     cfg = load_config(args.preset, args.config, args)
     for run_cfg in per_layer_configs(cfg):
         out = train(run_cfg, command or shlex.join(["rcdm"] + sys.argv[1:]))
+        if out is None:  # preempted: the remaining layers wait for the requeued run (--resume auto)
+            return
         print(f"exported pipeline to {out}")
 
 

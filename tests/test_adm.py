@@ -302,7 +302,7 @@ def test_imagenet_preset_is_the_reference_network_and_trains(tmp_path, tiny_npz,
                                 num_heads=2)
     cfg = dataclasses.replace(preset, data=str(tiny_npz), cache=str(cache), output_dir=str(tmp_path / "run"),
                               resolution=16, unet=small, batch_size=4, max_steps=3, warmup_steps=1, log_every=1,
-                              sample_every=0, checkpoint_every=100, num_workers=0)
+                              sample_every=0, checkpoint_every=100, num_workers=0, global_batch_size=0)
     assert isinstance(cfg, TrainConfig)
     pipe = RCDMPipeline.from_pretrained(train(cfg, "test"))
     assert isinstance(pipe.unet, ADMUNet) and pipe.unet.null_embedding is not None  # trained with condition dropout

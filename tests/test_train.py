@@ -1,4 +1,5 @@
 """Training: embedding cache, exact resume, crash-safe checkpoints, NaN stop, multi-process, export."""
+import importlib.util
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
 from rcdm.model import UNetConfig
-from rcdm.train import TrainConfig, make_lr_schedule, train
+from rcdm.train import PRESETS, BatchPlan, TrainConfig, make_lr_schedule, plan_batch, train
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
         "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--warmup-steps", "2"]
@@ -102,8 +103,16 @@ def test_cosine_lr_warms_up_then_reaches_zero_at_max_steps(num_processes):
 
 def test_training_logs_the_decayed_lr(tmp_path, tiny_npz, cache_path):
     train(_cfg(tiny_npz, cache_path, tmp_path / "run", max_steps=4, lr_schedule="linear"), "t")
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
-    assert lrs == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
+    lines = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in lines] == pytest.approx([5e-4, 1e-3, 5e-4, 0.0])
+    assert all(r["img_per_s"] > 0 and r["grad_norm"] > 0 for r in lines)  # the norm before clipping
+
+
+def test_sample_grid_rows_span_classes():
+    from rcdm.train import grid_rows
+
+    assert grid_rows(torch.tensor([0, 0, 1, 1, 2, 2]), 4) == [0, 2, 4, 1]  # one per class first
+    assert grid_rows(torch.tensor([3, 3, 3]), 2) == [0, 1] and grid_rows(torch.tensor([1, 2, 3]), 2) == [0, 1]
 
 
 def test_resume_refuses_to_bend_a_decaying_schedule(tmp_path, tiny_npz, cache_path):
@@ -201,22 +210,40 @@ def test_sigkill_during_checkpoint_keeps_previous(tmp_path, tiny_npz, cache_path
     assert _losses(out)[-1] > 0 and RCDMPipeline.from_pretrained(resumed).training_info["steps"] == 3
 
 
-@pytest.mark.slow  # subprocess
-def test_sigterm_stops_with_checkpoint_and_export(tmp_path, tiny_npz, cache_path):
-    out = tmp_path / "term"
-    cmd = [sys.executable, "-m", "rcdm.cli", "train", "--data", str(tiny_npz), "--cache", str(cache_path),
-           "--output-dir", str(out), "--max-steps", "100000", "--checkpoint-every", "100000", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while not ((out / "losses.jsonl").is_file() and len(_losses(out)) >= 2):
-        assert time.time() < deadline and proc.poll() is None, "training never logged two steps"
+def _wait_for(cond, proc, what, timeout=120):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline and proc.poll() is None, f"training never {what}"
         time.sleep(0.2)
+
+
+def _steps(out):
+    return [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*") if p.suffix != ".tmp"]
+
+
+@pytest.mark.slow  # subprocess
+def test_sigusr1_checkpoints_and_continues_then_sigterm_preempts(tmp_path, tiny_npz, cache_path):
+    """The SLURM cycle in one process: --resume auto on an empty directory starts fresh; USR1 (`--signal=USR1@120`)
+    writes a checkpoint at once and training goes on; TERM (preemption) checkpoints and skips the export; the same
+    command continues from there."""
+    out = tmp_path / "slurm"
+    cmd = [sys.executable, "-m", "rcdm.cli", "train", "--data", str(tiny_npz), "--cache", str(cache_path),
+           "--output-dir", str(out), "--max-steps", "100000", "--checkpoint-every", "100000", "--resume", "auto", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait_for(lambda: (out / "losses.jsonl").is_file() and len(_losses(out)) >= 2, proc, "logged two steps")
+    proc.send_signal(signal.SIGUSR1)
+    _wait_for(lambda: (out / "checkpoints").is_dir() and _steps(out), proc, "wrote a checkpoint on SIGUSR1")
+    first = _steps(out)[0]
+    _wait_for(lambda: len(_losses(out)) >= first + 2, proc, "continued after the checkpoint")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
-    assert "received SIGTERM" in proc.stderr.read()
-    steps = RCDMPipeline.from_pretrained(out / "pipeline").training_info["steps"]
-    assert steps >= 2 and (out / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").is_file()
+    err, stdout = proc.stderr.read(), proc.stdout.read()
+    assert "received SIGUSR1" in err and "received SIGTERM" in err and "export skipped" in stdout
+    last = max(_steps(out))
+    assert last >= first + 2 and not (out / "pipeline").exists()  # preempted: no export
+    resumed = train(_cfg(tiny_npz, cache_path, out, max_steps=last + 1, resume="auto"), "t")
+    assert RCDMPipeline.from_pretrained(resumed).training_info["steps"] == last + 1
 
 
 SHARD_SCRIPT = """
@@ -255,16 +282,35 @@ def test_two_processes_shard_data(tmp_path, tiny_npz, cache_path):
 
 @pytest.mark.slow  # subprocess
 def test_two_process_training_run(tmp_path, tiny_npz, cache_path):
+    """Two gloo processes with a global batch of 16 and at most 4 per device: 2 x 4 x 2 accumulation steps; the LR
+    warms up in optimizer steps exactly as on one process."""
     out = tmp_path / "ddp"
-    _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
-             "--max-steps", "3", "--checkpoint-every", "2", "--mixed-precision", "no", *TINY], tmp_path)
+    res = _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
+                   "--max-steps", "3", "--checkpoint-every", "2", "--mixed-precision", "no", *TINY,
+                   "--global-batch-size", "16", "--batch-size", "4", "--sync-every", "2"], tmp_path)
+    assert "global batch 16 = 2 process(es) x 4 per device x 2 accumulation step(s)" in res.stdout + res.stderr
     ck = out / "checkpoints" / "checkpoint-3"
     assert sorted(p.name for p in ck.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["batch"] == {"num_processes": 2, "per_device": 4, "grad_accum": 2}
     assert len(_losses(out)) == 3  # one line per step: only the main process logs
+    lrs = [json.loads(line)["lr"] for line in (out / "losses.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3])  # --warmup-steps 2, in optimizer steps
     writers = {p.name.split(".")[-2] for p in (out / "logs").rglob("events.out.tfevents*")}  # writer PIDs
     assert len(writers) == 1
     pipe = RCDMPipeline.from_pretrained(out / "pipeline")
     assert len(pipe(embeddings=torch.zeros(1, pipe.encoder.dim), num_inference_steps=2).images) == 1
+
+
+@pytest.mark.slow  # subprocess
+def test_two_processes_agree_to_stop_every_sync_every_steps(tmp_path, tiny_npz, cache_path):
+    """--max-minutes is long past after step 1, but two processes only agree every --sync-every 2 steps: both stop
+    at step 2, with one checkpoint and the export."""
+    out = tmp_path / "sync"
+    _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
+             "--max-steps", "50", "--checkpoint-every", "100", "--mixed-precision", "no", *TINY,
+             "--max-minutes", "1e-6", "--sync-every", "2"], tmp_path)
+    assert _steps(out) == [2] and RCDMPipeline.from_pretrained(out / "pipeline").training_info["steps"] == 2
 
 
 def test_config_layers_preset_yaml_flags(tmp_path):
@@ -297,3 +343,167 @@ def test_one_command_trains_one_model_per_layer(tmp_path, tiny_npz, tiny_encoder
     assert [c.cache for c in cfgs] == [str(cache_path), str(proj)]
     with pytest.raises(ValueError, match="same layer"):
         per_layer_configs(_cfg(tiny_npz, f"{cache_path},{cache_path}", tmp_path / "x"))
+
+
+# ------------------------------------------------------------------------------------ preemption (issue 15, item 5)
+def test_resume_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "auto"
+    with pytest.raises(FileNotFoundError, match="--resume auto"):
+        train(_cfg(tiny_npz, cache_path, out, max_steps=2, resume="latest"))
+    first = train(_cfg(tiny_npz, cache_path, out, max_steps=2, checkpoint_every=2, resume="auto"), "t")
+    assert RCDMPipeline.from_pretrained(first).training_info["steps"] == 2 and _steps(out) == [2]
+    train(_cfg(tiny_npz, cache_path, out, max_steps=4, checkpoint_every=2, resume="auto"), "t")
+    train(_cfg(tiny_npz, cache_path, tmp_path / "straight", max_steps=4), "t")
+    np.testing.assert_allclose(_losses(out), _losses(tmp_path / "straight"), atol=1e-6, rtol=0)
+
+
+def _signal_at_call(monkeypatch, sig, at):
+    """Make the loss send `sig` to this process during its `at`-th call (1-based)."""
+    import rcdm.train as T
+
+    real, calls = T.make_loss, {"n": 0}
+
+    def make(*args):
+        loss_fn = real(*args)
+
+        def loss(*a):
+            calls["n"] += 1
+            if calls["n"] == at:
+                os.kill(os.getpid(), sig)
+            return loss_fn(*a)
+        return loss
+    monkeypatch.setattr(T, "make_loss", make)
+
+
+def test_sigusr1_writes_a_checkpoint_and_training_continues(tmp_path, tiny_npz, cache_path, monkeypatch, capfd):
+    _signal_at_call(monkeypatch, signal.SIGUSR1, at=3)
+    out = train(_cfg(tiny_npz, cache_path, tmp_path / "usr1", max_steps=5, checkpoint_every=100), "t")
+    assert sorted(_steps(tmp_path / "usr1")) == [3, 5] and len(_losses(tmp_path / "usr1")) == 5
+    assert RCDMPipeline.from_pretrained(out).training_info["steps"] == 5
+    assert "received SIGUSR1" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("sig, exported", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_preemption_skips_the_export_and_ctrl_c_keeps_it(tmp_path, tiny_npz, cache_path, monkeypatch, sig, exported):
+    out = tmp_path / "run"
+    _signal_at_call(monkeypatch, sig, at=2)
+    result = train(_cfg(tiny_npz, cache_path, out, max_steps=6, checkpoint_every=100, resume="auto"), "t")
+    assert _steps(out) == [2] and (result is not None) == exported and (out / "pipeline").exists() == exported
+    monkeypatch.undo()
+    resumed = train(_cfg(tiny_npz, cache_path, out, max_steps=3, checkpoint_every=100, resume="auto"), "t")
+    assert RCDMPipeline.from_pretrained(resumed).training_info["steps"] == 3
+
+
+# ------------------------------------------------------------------------------------ global batch (issue 15, item 1)
+@pytest.mark.parametrize("global_batch, procs, cap, want", [
+    (256, 1, 8, (8, 32)), (256, 8, 8, (8, 4)), (256, 32, 8, (8, 1)), (256, 64, 8, (4, 1)), (256, 8, 32, (32, 1)),
+    (96, 8, 8, (6, 2)), (100, 4, 8, (5, 5)), (16, 2, 4, (4, 2)), (7, 1, 100, (7, 1)),
+])
+def test_global_batch_arithmetic(global_batch, procs, cap, want):
+    plan = plan_batch(global_batch, procs, cap)
+    assert (plan.per_device, plan.grad_accum) == want and plan.global_batch == global_batch and plan.per_device <= cap
+
+
+def test_global_batch_refuses_what_does_not_split():
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        plan_batch(256, 3, 8)
+    with pytest.raises(ValueError, match="must be positive"):
+        plan_batch(256, 8, 0)
+    assert PRESETS["imagenet-128"].global_batch_size == 256  # the reference's 256 in total, on any number of GPUs
+    assert PRESETS["cifar10-32"].global_batch_size == 0  # per process, as the shipped models were trained
+
+
+def test_global_batch_derives_the_accumulation_and_records_it(tmp_path, tiny_npz, cache_path):
+    out = train(_cfg(tiny_npz, cache_path, tmp_path / "g", max_steps=2, checkpoint_every=2, global_batch_size=16), "t")
+    state = json.loads((tmp_path / "g/checkpoints/checkpoint-2/trainer_state.json").read_text())
+    assert state["num_processes"] == 1 and state["batch"] == {"num_processes": 1, "per_device": 8, "grad_accum": 2}
+    assert RCDMPipeline.from_pretrained(out).training_info["batch"]["global"] == 16
+    with pytest.raises(ValueError, match="--grad-accum 2 and --global-batch-size 16"):
+        train(_cfg(tiny_npz, cache_path, tmp_path / "x", max_steps=1, global_batch_size=16, grad_accum=2))
+    with pytest.raises(ValueError, match="the checkpoint.s batch"):  # another plan would not continue exactly
+        train(_cfg(tiny_npz, cache_path, tmp_path / "g", max_steps=3, global_batch_size=8, resume="latest"))
+
+
+def test_resume_on_another_number_of_processes_is_refused(tmp_path, tiny_npz, cache_path):
+    out = tmp_path / "p"
+    train(_cfg(tiny_npz, cache_path, out, max_steps=2, checkpoint_every=2), "t")
+    ck = out / "checkpoints" / "checkpoint-2"
+    state = json.loads((ck / "trainer_state.json").read_text())
+    (ck / "trainer_state.json").write_text(json.dumps({**state, "num_processes": 2}))
+    with pytest.raises(ValueError, match="written by 2 processes and this run has 1"):
+        train(_cfg(tiny_npz, cache_path, out, max_steps=3, resume="latest"))
+    # a checkpoint from before the count was recorded: one RNG file per process tells it
+    del state["num_processes"]
+    (ck / "trainer_state.json").write_text(json.dumps(state))
+    (ck / "random_states_1.pkl").write_bytes((ck / "random_states_0.pkl").read_bytes())
+    with pytest.raises(ValueError, match="written by 2 processes"):
+        train(_cfg(tiny_npz, cache_path, out, max_steps=3, resume="latest"))
+    assert not (out / "checkpoints" / "checkpoint-3").exists()
+
+
+def test_cluster_flags_are_documented_and_checked():
+    import argparse
+
+    from rcdm.train import _configure_parser
+
+    p = argparse.ArgumentParser()
+    _configure_parser(p)
+    text = p.format_help()
+    for flag in ("--global-batch-size", "--sync-every", "--compile", "--resume", "--report-to"):
+        assert flag in text
+    assert "'auto'" in text
+    with pytest.raises(ValueError, match="--sync-every 0"):
+        train(TrainConfig(data="x", cache="y", sync_every=0))
+    if importlib.util.find_spec("wandb") is None:  # an optional extra; refused by name, with the fix
+        with pytest.raises(ValueError, match="--report-to wandb needs the wandb package: pip install wandb"):
+            train(TrainConfig(data="x", cache="y", report_to="wandb"))
+    assert isinstance(plan_batch(8, 1, 8), BatchPlan)
+
+
+# ------------------------------------------------------------------------------------ hot path (issue 15, item 3)
+@pytest.mark.slow  # dynamo traces the UNet (about a minute on 2 busy cores; inductor's C++ build would take minutes)
+def test_compile_trains_like_eager(tmp_path, tiny_npz, cache_path, monkeypatch):
+    """--compile compiles the denoiser in place: same losses, same exported weights and checkpoint keys as eager,
+    and the sample grid (an eager copy) still works."""
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real(self, backend="eager"))
+    kw = {"max_steps": 2, "checkpoint_every": 2, "sample_every": 2, "sample_steps": 2}
+    compiled = train(_cfg(tiny_npz, cache_path, tmp_path / "compiled", compile=True, **kw), "t")
+    eager = train(_cfg(tiny_npz, cache_path, tmp_path / "eager", **kw), "t")
+    np.testing.assert_allclose(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), atol=1e-5, rtol=0)
+    a, b = (load_file(str(p / "unet" / "diffusion_pytorch_model.safetensors")) for p in (compiled, eager))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    ck = [load_file(str(tmp_path / r / "checkpoints/checkpoint-2/model.safetensors")) for r in ("compiled", "eager")]
+    assert ck[0].keys() == ck[1].keys()
+
+
+# ------------------------------------------------------------------------------------ data at scale (issue 15, item 6)
+def test_image_folder_is_listed_once_in_the_cache(tmp_path, tiny_encoder_dir, monkeypatch):
+    """`rcdm embed` stores the folder's file list; training rebuilds the dataset from it without a rescan, and a file
+    deleted since is still caught by the fingerprint."""
+    from PIL import Image
+
+    from rcdm.data import open_dataset
+
+    folder = tmp_path / "imgs"
+    for i in range(24):
+        (folder / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (36, 32), (10 * i, 255 - 10 * i, 3 * i)).save(folder / f"class{i % 3}" / f"{i:02d}.png")
+    cache_file = tmp_path / "emb.safetensors"
+    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(folder), "--out",
+                     str(cache_file)]) == 0
+    scanned = open_dataset(str(folder))
+    cache = EmbeddingCache.load(cache_file)
+    assert cache.files == scanned.relative_files() and len(cache.files) == 24
+
+    def no_scan(*a, **k):
+        raise AssertionError("the image folder was scanned again")
+    monkeypatch.setattr(Path, "rglob", no_scan)
+    listed = cache.open_data(str(folder))
+    cache.check_matches(listed)
+    assert listed.labels.tolist() == scanned.labels.tolist() and listed.classes == scanned.classes
+    out = train(_cfg(str(folder), cache_file, tmp_path / "run", max_steps=1, sample_every=1, sample_steps=1), "t")
+    assert (out / "unet").is_dir() and (tmp_path / "run/samples/step-0000001.png").is_file()
+    (folder / "class1" / "04.png").unlink()
+    with pytest.raises(ValueError, match="fingerprint"):
+        cache.check_matches(cache.open_data(str(folder)))

@@ -42,7 +42,7 @@ def _build_torchvision(spec: str, rest: str, base_dir):
     model = tvm.get_model(arch, weights=None)
     classifier = _strip_classifier(model, spec)
     if not source:
-        return EncoderNet(model), IMAGENET_PREPROCESS
+        return EncoderNet(model, random_init=True), IMAGENET_PREPROCESS
     names = ", ".join(enum.__members__)
     path = _resolve_path(source, base_dir, f"{spec} (not a weights name either: {names})")
     return _load_file(model, path, [classifier], spec), IMAGENET_PREPROCESS
@@ -79,8 +79,9 @@ def _build_timm(spec: str, rest: str, base_dir):
     (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`)."""
     timm = _import_timm()
     name, _, source = rest.partition("@")
-    model = _create_timm(timm, name, "." in name and not source, spec)
-    net = EncoderNet(model)
+    pretrained = "." in name and not source
+    model = _create_timm(timm, name, pretrained, spec)
+    net = EncoderNet(model, random_init=not pretrained and not source)
     if source:
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = [classifier] if isinstance(classifier, str) else list(classifier)

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, OSError, ArithmeticError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, OSError, ArithmeticError, ImportError) as e:  # bad input: one clear line, no traceback
         print(f"rcdm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -227,10 +227,8 @@ def resolve_published(name: str, cache_dir: str | os.PathLike | None = None) -> 
     """`rcdm-imagenet128-<ssl>-<trunk|head>[@RCDM_FILE][+ENCODER_FILE]` -> a converted pipeline directory (made once,
     under the torch hub cache), or None if `name` is not one of the published models. Without @RCDM_FILE the RCDM
     file is downloaded; without +ENCODER_FILE the encoder's release is (both into the torch hub cache)."""
-    base, _, local = name.partition("@")
-    base, _, enc_file = base.partition("+") if not local else (base, "", "")
-    if local:
-        local, _, enc_file = local.partition("+")
+    rest, _, enc_file = name.partition("+")
+    base, _, local = rest.partition("@")
     if base not in PUBLISHED:
         return None
     pub = PUBLISHED[base]

@@ -186,8 +186,9 @@ def prior_loss(model: PriorMLP, sched: DDPMScheduler, z0: torch.Tensor, generato
     return F.mse_loss(model(sched.add_noise(z0, noise, t), t).float(), noise.float())
 
 
-def train_prior(cfg: PriorConfig, command: str = "") -> Path:
-    """Train with Accelerate (EMA, resumable checkpoints, signals as `rcdm train`); returns output_dir/prior."""
+def train_prior(cfg: PriorConfig, command: str = "", install_into_model: bool = True) -> Path:
+    """Train with Accelerate (EMA, resumable checkpoints, signals as `rcdm train`); returns output_dir/prior, also
+    installed into `cfg.model` if given (`install_into_model=False` leaves that to the caller)."""
     from diffusers.training_utils import EMAModel
 
     from .cache import EmbeddingCache
@@ -236,7 +237,7 @@ def train_prior(cfg: PriorConfig, command: str = "") -> Path:
                 "final_loss": sum(losses[-cfg.log_every:]) / max(1, len(losses[-cfg.log_every:])),
                 "encoder": cache.meta["encoder"], "config": dataclasses.asdict(cfg)}
         Prior(final, sched).save_pretrained(out, info)
-        if cfg.model:
+        if cfg.model and install_into_model:
             install(out, cfg.model)
     acc.wait_for_everyone()
     return out
@@ -303,12 +304,12 @@ def cmd_train_prior(args) -> None:
     cfg = dataclass_from_args(PriorConfig, args)
     if not cfg.cache:
         raise ValueError("--cache is required (make it with `rcdm embed`)")
-    out = train_prior(cfg, shlex.join(["rcdm"] + sys.argv[1:]))
+    out = train_prior(cfg, shlex.join(["rcdm"] + sys.argv[1:]), install_into_model=False)
     print(f"wrote {out}")
-    if args.eval_n:
+    if args.eval_n:  # the evaluation goes into prior_info.json before the prior is installed anywhere
         res = evaluate_prior(Prior.from_pretrained(out), cfg.cache, args.eval_n, cfg.seed)
         info_path = out / "prior_info.json"
         info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "evaluation": res}, indent=2))
         print(json.dumps({k: v for k, v in res.items() if not k.startswith("class")}))
-        if cfg.model:
-            install(out, cfg.model)
+    if cfg.model:
+        print(f"installed into {install(out, cfg.model)}")

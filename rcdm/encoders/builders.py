@@ -14,7 +14,7 @@ import torch.nn as nn
 from . import cifar
 from .formats import adapt_cifar_stem, head_from_state, named_from_sequential, split_checkpoint
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
-from .weights import _load_strict, _resolve_path, _without, read_weights
+from .weights import _load_strict, _resolve_path, _without, import_extra, read_weights
 
 def _strip_classifier(model: nn.Module, spec: str) -> str:
     """Replace the last nn.Linear (the classifier) by Identity so the model returns the classifier's input."""
@@ -66,18 +66,10 @@ def _torchvision_preprocess(weights) -> Preprocess:
     return Preprocess(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std))
 
 
-def _import_timm():
-    try:
-        import timm
-    except ImportError:
-        raise ImportError("this encoder needs timm: pip install 'rcdm[timm]'") from None
-    return timm
-
-
 def _build_timm(spec: str, rest: str, base_dir):
     """timm:NAME (random), timm:NAME.TAG (timm's published weights: HF cache, else download) or timm:NAME[.TAG]@PATH
     (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`)."""
-    timm = _import_timm()
+    timm = import_extra("timm", "timm")
     name, _, source = rest.partition("@")
     pretrained = "." in name and not source
     model = _create_timm(timm, name, pretrained, spec)

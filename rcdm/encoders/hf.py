@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .frozen import IMAGENET_MEAN, IMAGENET_STD, EncoderNet, Preprocess
 from .vit import TokenLayout, pool_tokens
-from .weights import _few, _resolve_path
+from .weights import _few, _resolve_path, import_extra
 
 
 @dataclass(frozen=True)
@@ -91,16 +91,8 @@ def _blocks_path(model: nn.Module) -> str:
     return paths[0]
 
 
-def _import_transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError("hf: encoders need transformers: pip install 'rcdm[hf]'") from None
-    return transformers
-
-
 def _build_hf(spec: str, rest: str, base_dir):
-    transformers = _import_transformers()
+    transformers = import_extra("transformers", "hf")
     repo, _, local = rest.partition("@")
     source = str(_resolve_path(local, base_dir, spec)) if local else repo
     model_type = _fetch(spec, source, lambda: transformers.AutoConfig.from_pretrained(source)).model_type

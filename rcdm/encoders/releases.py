@@ -7,9 +7,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .builders import _import_timm
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
-from .weights import _download, _load_strict, _resolve_path, read_weights
+from .weights import _download, _load_strict, _resolve_path, import_extra, read_weights
 
 def _resnet50_trunk() -> nn.Module:
     import torchvision
@@ -22,7 +21,7 @@ def _resnet50_trunk() -> nn.Module:
 def _vit_small_trunk() -> nn.Module:
     # DINO's ViT-S/16 keys (cls_token, pos_embed, patch_embed.proj, blocks.N.*, norm) are timm's; output = CLS token
     # after the final norm, as DINO's VisionTransformer.forward returns.
-    return _import_timm().create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+    return import_extra("timm", "timm").create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
 
 
 # Head layouts: one letter per nn.Sequential slot. Widths come from the checkpoint's tensor shapes.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import pickle
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,14 @@ def _pickle_error_detail(e: Exception) -> str:
     """The line of torch's long weights_only error that says what was refused (e.g. 'Unsupported global: ...')."""
     lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
     return lines[0] if lines else str(e).splitlines()[0]
+
+
+def import_extra(module: str, extra: str):
+    """An optional dependency, or an ImportError that names the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"this encoder needs {module}: pip install 'rcdm[{extra}]'") from None
 
 
 def read_weights(path: Path):

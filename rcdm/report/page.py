@@ -125,10 +125,6 @@ def _pct(ci):
     return None if ci is None else [100 * ci[0], 100 * ci[1]]
 
 
-def _sampling(run: dict) -> str:
-    return f"{run['scheduler']}, {run['steps']} steps, guidance {run['guidance']:g}, {run['dtype']}"
-
-
 def samples_view(n: dict) -> dict:
     N, d = n["num_images"], n["diversity"]
     rows = [row("mean per-pixel std", n["mean_pixel_std"], N, n["mean_pixel_std_ci"]),

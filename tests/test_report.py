@@ -226,11 +226,12 @@ def test_report_page_in_browser(built, tmp_path):
     browser = DevTools(flags, tmp_path / "chromium.log")
     try:
         browser.open_page((out / "index.html").as_uri())
-        n = browser.wait_for("(() => { const imgs = [...document.images]; return imgs.length > 0 && "
-                             "imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length; })()",
-                             "every figure of the page to load from disk")
+        want = (out / "index.html").read_text().count("<img ")  # wait for the parsed page, not a prefix of it
+        n = browser.wait_for("(() => { const imgs = [...document.images]; return document.readyState === 'complete' "
+                             f"&& imgs.length === {want} && imgs.every(i => i.complete && i.naturalWidth > 0) "
+                             "&& imgs.length; })()", "every figure of the page to load from disk")
         shot = tmp_path / "report.png"
         browser.screenshot(shot)
     finally:
         browser.close()
-    assert n >= 14 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert n == want >= 14 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

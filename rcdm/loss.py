@@ -28,10 +28,11 @@ class RCDMLoss:
             self.noise_scheduler = training_scheduler(self.prediction_type)
 
     def __call__(self, unet, x0: torch.Tensor, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b, sched = x0.shape[0], self.noise_scheduler
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(x0.device)  # (B,)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)  # (B, 3, R, R)
-        drop = (torch.rand(b, generator=generator) < self.cond_drop_prob).to(x0.device)  # (B,)
+        b, sched, dev = x0.shape[0], self.noise_scheduler, generator.device
+        # drawn where the generator lives: training passes one on the accelerator, so no host RNG or copy per step
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator, device=dev).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=dev).to(x0)  # (B, 3, R, R)
+        drop = (torch.rand(b, generator=generator, device=dev) < self.cond_drop_prob).to(x0.device)  # (B,)
         x_t = sched.add_noise(x0, noise, t)
         out = unet(x_t, t, h, drop_mask=drop)
         pred, var = out.sample.float().split(x0.shape[1], dim=1) if out.sample.shape[1] == 2 * x0.shape[1] \

@@ -34,6 +34,7 @@ from .config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
 from .images import resize_center_crop, to_pil
 from .loss import RCDMLoss
 from .model import UNetConfig
+from .heldout import HeldOut, resolve_spec
 from .sampling import DEFAULT_SAMPLING, seeded_generator
 from .schedulers import make_scheduler, training_scheduler
 
@@ -95,6 +96,12 @@ class TrainConfig:
                                                            "unmeasured on GPUs)"})
     sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps (0 = off)"})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for logged sample grids (the default sampler, DDPM)"})
+    eval_data: str = field(default="auto", metadata={
+        "help": "held-out images for the sample grids and --eval-every: a data spec; 'auto' = the test split of a "
+                "training .npz that has one, else grids show training images; 'none' = off"})
+    eval_every: int = field(default=0, metadata={"help": "every N steps, sample once from each of --eval-images "
+                                                         "held-out embeddings and log their mean rank and top-1 (0 = off)"})
+    eval_images: int = field(default=64, metadata={"help": "held-out images scored by --eval-every (rank chance: (N+1)/2)"})
     export_dtype: str = field(default="float32", metadata={"help": "dtype of exported weights: float32, float16",
                                                            "choices": ["float32", "float16", "bfloat16"]})
 
@@ -151,10 +158,12 @@ def noise_schedule(cfg: TrainConfig, unet):
                               variance_type="learned_range" if learned else "fixed_small")
 
 
-def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int) -> torch.Generator:
+def step_generator(cfg: TrainConfig, step: int, micro: int, rank: int,
+                   device: torch.device | str = "cpu") -> torch.Generator:
     """Noise, timesteps and dropout are a pure function of (seed, step, micro-batch, rank): exact resume needs
-    no RNG state, and processes never draw the same noise."""
-    return seeded_generator(cfg.seed, step, micro, rank)
+    no RNG state, and processes never draw the same noise. The generator lives on the training device, so the draws
+    happen there (a CUDA stream is not a CPU stream: the same key gives other, equally valid noise on a GPU)."""
+    return seeded_generator(cfg.seed, step, micro, rank, device=device)
 
 
 # -------------------------------------------------------------------------------------------------- batch
@@ -419,7 +428,7 @@ def _train(cfg: TrainConfig, command: str, request: StopRequest) -> Path | None:
     opt = make_optimizer(cfg, unet, acc.device)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
     dl = make_dataloader(cfg, cache, pin_memory=acc.device.type == "cuda")
-    grid = grid_inputs(dl.dataset) if cfg.sample_every and acc.is_main_process else None  # read once per run
+    watch = watched_images(cfg, dl.dataset, encoder) if acc.is_main_process else None  # read once per run
     unet, opt, dl, lr_sched = acc.prepare(unet, opt, dl, lr_sched)
     ema = make_ema(cfg, acc, unet)
     ckpt = Checkpointer(acc, cfg, {"batch": dataclasses.asdict(plan)})
@@ -436,7 +445,7 @@ def _train(cfg: TrainConfig, command: str, request: StopRequest) -> Path | None:
         step += 1
         bar.update(1)
         stop, preempted, checkpoint_now = _requests(acc, cfg, request, step, t0)
-        _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, grid, step, window, bar, lr_sched,
+        _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, watch, step, window, bar, lr_sched,
                   force_ckpt=stop or checkpoint_now or step == cfg.max_steps)
         if stop:
             break
@@ -547,7 +556,7 @@ def train_step(unet, opt, lr_sched, batches, loss_fn, cfg, acc, step) -> tuple[t
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         with acc.accumulate(unet), acc.autocast():
-            loss = loss_fn(unet, x0, h, step_generator(cfg, step, micro, acc.process_index))
+            loss = loss_fn(unet, x0, h, step_generator(cfg, step, micro, acc.process_index, x0.device))
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm > 0:
                 norm = acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
@@ -611,11 +620,12 @@ def _batches(dl, skip: int, acc):
         epoch += 1
 
 
-def _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, grid, step, window, bar, lr_sched, force_ckpt):
+def _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, watch, step, window, bar, lr_sched, force_ckpt):
     log_now = step % cfg.log_every == 0 or force_ckpt
     sample_now = bool(cfg.sample_every) and step % cfg.sample_every == 0
+    eval_now = bool(cfg.eval_every) and step % cfg.eval_every == 0
     ckpt_now = step % cfg.checkpoint_every == 0 or force_ckpt
-    if not (log_now or sample_now or ckpt_now):
+    if not (log_now or sample_now or eval_now or ckpt_now):
         return
     values = window.reduce()  # a NaN stops the run before anything is sampled or saved
     if log_now:
@@ -631,7 +641,9 @@ def _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, grid, step, window, bar
         window.clear(step)
     t = time.perf_counter()
     if sample_now:
-        log_samples(acc, cfg, ema, unet, cache, step, encoder=encoder, grid=grid)
+        log_samples(acc, cfg, ema, unet, cache, step, encoder=encoder, watch=watch)
+    if eval_now:
+        log_heldout_score(acc, cfg, ema, unet, cache, step, encoder, watch, bar)
     if ckpt_now:
         ckpt.save(step, ema)
     window.pause(time.perf_counter() - t)
@@ -669,19 +681,45 @@ def grid_rows(labels: torch.Tensor, n: int) -> list[int]:
 
 
 def grid_inputs(paired: PairedDataset, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (x, h) pairs every sample grid of a run shows, read once: x (n, 3, R, R) in [-1, 1], h (n, D)."""
+    """(x, h) pairs of training items for the sample grids when there are no held-out images: x (n, 3, R, R) in
+    [-1, 1], h (n, D)."""
     items = [paired[i * paired.k] for i in grid_rows(paired.cache.labels, min(n, len(paired.cache.indices)))]
     return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
 
 
-def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5, encoder=None, grid=None):
+def watched_images(cfg: TrainConfig, paired: PairedDataset, encoder) -> HeldOut | None:
+    """What the grids and --eval-every look at, read once: held-out images (embedded by the run's encoder) when
+    there are some, else the grid's training items; None if the run neither samples nor scores."""
+    if not (cfg.sample_every or cfg.eval_every):
+        return None
+    spec = resolve_spec(cfg.eval_data, cfg.data)
+    if spec:
+        return HeldOut.read(spec, cfg.eval_images if cfg.eval_every else 8, encoder, cfg.resolution)
+    x, h = grid_inputs(paired)
+    return HeldOut(x, h, torch.full((len(h),), -1), torch.arange(len(h)), spec="")
+
+
+def log_heldout_score(acc, cfg, ema, unet, cache, step, encoder, watch: HeldOut, bar) -> None:
+    """Held-out mean rank and top-1 of the EMA weights (main process; the others wait), to the trackers and to
+    output_dir/heldout.jsonl."""
+    if acc.is_main_process:
+        scores = watch.score(ema_pipeline(acc, cfg, ema, unet, cache, encoder), cfg.sample_steps, cfg.seed)
+        acc.log(scores, step=step)
+        bar.write(f"step {step}: held-out mean rank {scores['heldout_mean_rank']:.2f} "
+                  f"(chance {(len(watch.h) + 1) / 2:g}), top-1 {scores['heldout_top1_pct']:.1f}%")
+        with open(Path(cfg.output_dir) / "heldout.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "num_images": len(watch.h), **scores}) + "\n")
+    acc.wait_for_everyone()
+
+
+def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5, encoder=None, watch=None):
     """Grid of (input, samples) rows, one class per row as far as there are classes, as PNG and in tensorboard."""
     if acc.is_main_process:
         from .viz import image_grid
 
         pipe = ema_pipeline(acc, cfg, ema, unet, cache, encoder)
-        x, h = grid if grid is not None else grid_inputs(PairedDataset(cache.open_data(cfg.data), cache,
-                                                                       cfg.resolution), n_inputs)
+        x, h = watch.grid(n_inputs) if watch is not None else \
+            grid_inputs(PairedDataset(cache.open_data(cfg.data), cache, cfg.resolution), n_inputs)
         out = pipe(embeddings=h, num_samples=n_samples,
                    num_inference_steps=cfg.sample_steps, generator=torch.Generator().manual_seed(cfg.seed))
         inputs = to_pil((x + 1) / 2)
@@ -775,6 +813,11 @@ def _validate(cfg: TrainConfig):
         raise ValueError(f"--sync-every {cfg.sync_every}: must be at least 1 (steps between agreements)")
     if cfg.global_batch_size < 0:
         raise ValueError(f"--global-batch-size {cfg.global_batch_size}: must be positive, or 0 for off")
+    if cfg.eval_every and not resolve_spec(cfg.eval_data, cfg.data):
+        raise ValueError(f"--eval-every needs held-out images, and --eval-data {cfg.eval_data!r} gives none for "
+                         f"--data {cfg.data!r}: pass --eval-data SPEC (e.g. file.npz:test or a validation folder)")
+    if cfg.eval_every and cfg.eval_images < 2:
+        raise ValueError(f"--eval-images {cfg.eval_images}: the rank needs at least 2 held-out images")
 
 
 def _flat_config(cfg) -> dict:

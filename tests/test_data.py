@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rcdm.data import FolderImages, NpzImages, decode_all, fingerprint, open_dataset
+from rcdm.data import FolderImages, NpzImages, decode_all, fingerprint, listing_of, open_dataset
 
 
 def test_npz_matches_readme(cifar_npz):
@@ -50,3 +50,14 @@ def test_fingerprint_changes_with_content(tmp_path):
     a = fingerprint(open_dataset(str(_folder(tmp_path / "a", n=10))))
     b = fingerprint(open_dataset(str(_folder(tmp_path / "b", n=11))))
     assert a != b and a == fingerprint(open_dataset(str(tmp_path / "a")))
+
+
+def test_folder_listing_replaces_the_scan(tmp_path, monkeypatch, cifar_npz):
+    from pathlib import Path
+
+    scanned = open_dataset(str(_folder(tmp_path, n=6)))
+    listing = listing_of(scanned)
+    monkeypatch.setattr(Path, "rglob", lambda *a, **k: pytest.fail("the image folder was scanned again"))
+    listed = open_dataset(str(tmp_path), listing=listing)
+    assert listed.files == scanned.files and fingerprint(listed) == fingerprint(scanned)
+    assert listing_of(open_dataset(f"{cifar_npz}:test")) is None  # nothing to skip

@@ -5,23 +5,37 @@ and each view v (0 = as is, 1 = horizontally flipped), the embedding f(view_v(x_
 view v with exactly that embedding. The file is safetensors; its metadata records the encoder (spec, layer,
 dimension, preprocessing, a fingerprint of its weights), the data spec, a dataset fingerprint and the views, and
 training refuses a cache that does not match its data or an encoder whose weights changed.
+
+Writing scales to ImageNet (`embed_store`): `OUT.partial` is preallocated at its final size, the processes of an
+`accelerate launch` fill disjoint chunks of rows in place, and a per-item status (0 pending, 1 done, 2 unreadable)
+is written after each chunk's rows are on disk, so the same command resumes after a kill. When every process is
+done, the main one stores the per-dimension mean/std of the embeddings and the metadata, and renames the file to OUT.
+Rows follow the dataset, except that each unreadable item's row is filled with one of the last readable items
+(`indices` says which): the usable rows are then a prefix, mapped without a copy. Reading maps the file.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors.torch import save_file
 
-from .data import ImageError, check_bad, fingerprint, open_dataset
+from .data import ImageError, check_bad, fingerprint, listing_of, open_dataset
+from .embed_store import SAFETENSORS, RowFile, create, open_tensors
 from .images import resize_center_crop
 
 VIEWS = ("identity", "hflip")
+PENDING, DONE, UNREADABLE = 0, 1, 2  # per-item status in a partial file
+STORE_KEY, META_KEY = "rcdm_store", "rcdm"  # metadata: what the rows are (checked on resume); the finished cache's
+HEADER_RESERVE = 1 << 16  # spare header bytes for the final metadata (counts, a few unreadable-image messages)
 
 
 def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
@@ -31,23 +45,28 @@ def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
 
 @dataclass
 class EmbeddingCache:
-    """embeddings (N, K, D) for dataset items `indices` (N,), with `labels` (N,) and metadata."""
+    """embeddings (N, K, D) for dataset items `indices` (N,), with `labels` (N,) and metadata. `load` maps them
+    from the file: rows are read when touched."""
 
     embeddings: torch.Tensor
     indices: torch.Tensor
     labels: torch.Tensor
     meta: dict
-    files: list[str] | None = None  # an image folder's file list, relative to its root: no rescan when training
+    files: list[str] | None = None  # a folder's file list or a shard index (`listing_of`): no rescan when training
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None  # per-dimension mean, std (D,) of all rows and views
 
     @classmethod
     def load(cls, path) -> "EmbeddingCache":
         if not Path(path).is_file():
             raise FileNotFoundError(f"embedding cache {path} not found; create it with `rcdm embed`.")
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["rcdm"])
-        t = load_file(str(path))
+        t, metadata = open_tensors(path)
+        if META_KEY not in metadata:
+            raise ValueError(f"{path} is an unfinished `rcdm embed` output; run the same command again to finish it.")
+        meta = json.loads(metadata[META_KEY])
+        n = meta["num_rows"] if "status" in t else len(t["indices"])  # rows past n: unreadable items' slots
         files = bytes(t["files"].numpy()).decode().split("\n") if "files" in t else None
-        return cls(t["embeddings"], t["indices"], t["labels"], meta, files)
+        stats = (t["embedding_mean"], t["embedding_std"]) if "embedding_mean" in t else None
+        return cls(t["embeddings"][:n], t["indices"][:n], t["labels"][:n], meta, files, stats)
 
     def save(self, path) -> None:
         path = Path(path)
@@ -55,21 +74,27 @@ class EmbeddingCache:
         tensors = {"embeddings": self.embeddings.contiguous(), "indices": self.indices, "labels": self.labels}
         if self.files:  # newline-joined UTF-8 (no newline in a file name is supported), ~50 MB for ImageNet
             tensors["files"] = torch.frombuffer(bytearray("\n".join(self.files).encode()), dtype=torch.uint8)
-        save_file(tensors, str(tmp), metadata={"rcdm": json.dumps(self.meta)})
+        if self.stats is not None:
+            tensors.update(embedding_mean=self.stats[0].contiguous(), embedding_std=self.stats[1].contiguous())
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.meta)})
         tmp.replace(path)  # atomic: a crash never leaves a truncated cache under the real name
 
     def open_data(self, spec: str):
-        """The dataset `spec` names; an image folder is rebuilt from the stored file list instead of rescanned (every
-        rank at every start). The fingerprint check still compares it with the files on disk."""
-        from .data import FolderImages
-
-        if self.files and Path(spec).is_dir():
-            return FolderImages(spec, listing=tuple(self.files))
-        return open_dataset(spec)
+        """The dataset `spec` names; an image folder or tar shards are rebuilt from the stored listing instead of
+        rescanned (every rank at every start). The fingerprint check still compares it with the files on disk."""
+        return open_dataset(spec, listing=self.files)
 
     @property
     def dim(self) -> int:
         return self.embeddings.shape[-1]
+
+    def embedding_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 per-dimension mean and std (D,) over every row and view: stored by `rcdm embed` (no full read of
+        the file), else computed as training always did."""
+        if self.stats is not None:
+            return self.stats[0].float(), self.stats[1].float()
+        flat = self.embeddings.flatten(0, 1).float()  # (N * K, D)
+        return flat.mean(0), flat.std(0)
 
     def check_matches(self, ds, encoder_spec: str | None = None, layer: str | None = None) -> None:
         """Refuse a cache made from other data or another encoder/layer, naming what differs."""
@@ -100,8 +125,23 @@ class EmbeddingCache:
                              "network. Restore the original weights, or re-run `rcdm embed`.")
 
 
+# ---------------------------------------------------------------------------------------------------- building
+@dataclass
+class EmbedOptions:
+    """How `rcdm embed` runs. Only dtype, bf16 and matched_view change the numbers."""
+
+    batch_size: int = 256            # images per encoder call
+    num_workers: int | None = None   # DataLoader decoding processes per rank; None: min(8, CPUs per local rank)
+    dtype: str = "float32"           # stored precision: float32, or float16 (half the disk and page cache)
+    bf16: bool = False               # bf16 autocast for the encoder
+    matched_view: bool = False       # the encoder sees the UNet's full short-side centre crop (RCDM's reference)
+    chunk_size: int = 4096           # rows committed at once: the most a kill costs each rank
+    max_bad_frac: float = 0.01       # more unreadable images than this is an error
+    progress: bool = True            # a progress bar on the main process
+
+
 class _Preprocessed(torch.utils.data.Dataset):
-    """Dataset items resized/cropped the way the encoder expects, or None for unreadable images."""
+    """Dataset items resized/cropped the way the encoder expects (uint8), or None for unreadable images."""
 
     def __init__(self, ds, pre):
         self.ds, self.pre = ds, pre
@@ -112,81 +152,302 @@ class _Preprocessed(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             x, y = self.ds[i]
-        except ImageError as e:
-            return i, None, None, str(e)
-        x = resize_center_crop(x, self.pre.size, self.pre.crop)
-        return i, x, y, None
+        except ImageError:  # counted by its status; the reason is read again for the few the metadata quotes
+            return i, None, None
+        return i, resize_center_crop(x, self.pre.size, self.pre.crop, self.pre.interpolation), y
 
 
 def _collate(items):
+    """(good rows, uint8 images, labels, unreadable rows); the first three are None when no image decoded."""
     good = [it for it in items if it[1] is not None]
-    bad = [(it[0], it[3]) for it in items if it[1] is None]
+    bad = [it[0] for it in items if it[1] is None]
     if not good:
         return None, None, None, bad
-    idx, xs, ys, _ = zip(*good)
+    idx, xs, ys = zip(*good)
     return torch.tensor(idx), torch.stack(xs), torch.tensor(ys), bad
 
 
-def build_cache(encoder, data: str, batch_size: int = 256, num_workers: int = 0, max_bad_frac: float = 0.01,
-                progress: bool = True, autocast_dtype=None) -> EmbeddingCache:
-    """Encode every readable image of `data` in each of VIEWS. Unreadable images are skipped and counted. A
-    random-init encoder is refused: no pipeline could ever rebuild the network these embeddings come from."""
-    from tqdm.auto import tqdm
+class _ChunkBatches(torch.utils.data.Sampler):
+    """Batches of the rows this rank still has to do. Chunk c (rows c*S .. c*S+S-1) belongs to rank c % world, and a
+    batch never spans two chunks, so a chunk is committed as soon as the batch after its last one arrives."""
 
+    def __init__(self, todo: np.ndarray, opts: EmbedOptions, rank: int, world: int):
+        self.todo, self.size, self.batch, self.rank, self.world = todo, opts.chunk_size, opts.batch_size, rank, world
+
+    def chunks(self):
+        for lo in range(self.rank * self.size, len(self.todo), self.world * self.size):
+            rows = np.flatnonzero(self.todo[lo:lo + self.size]) + lo
+            if len(rows):
+                yield rows
+
+    def __iter__(self):
+        for rows in self.chunks():
+            for i in range(0, len(rows), self.batch):
+                yield rows[i:i + self.batch].tolist()
+
+    def __len__(self):
+        return sum(-(-len(rows) // self.batch) for rows in self.chunks())
+
+
+class _Committer:
+    """Marks rows done or unreadable one chunk at a time, after fdatasync of their rows: resume trusts the status,
+    so it never vouches for rows that a crash could still lose."""
+
+    def __init__(self, store: RowFile, status: np.ndarray, chunk_size: int):
+        self.store, self.status, self.size, self.open = store, status, chunk_size, None
+
+    def add(self, good: np.ndarray, bad: list[int]) -> None:
+        chunk = int((good[0] if len(good) else bad[0]) // self.size)
+        if chunk != self.open:
+            self.commit()
+            self.open = chunk
+        self.status[good], self.status[bad] = DONE, UNREADABLE
+
+    def commit(self) -> None:
+        if self.open is None:
+            return
+        lo = self.open * self.size
+        self.store.sync()
+        self.store.write("status", lo, self.status[lo:lo + self.size])
+        self.open = None
+
+
+def build_cache(encoder, data: str, out=None, **options) -> EmbeddingCache | None:
+    """Encode every readable image of `data` in each of VIEWS into the cache file `out` (EmbedOptions: `options`),
+    sharded over the processes of an `accelerate launch` and resumed from `out`.partial if one is there. Returns the
+    finished cache (memory-mapped) on the main process, None on the others; without `out`, the cache is built in a
+    temporary file and returned in memory. Unreadable images are skipped and counted. A random-init encoder is
+    refused: no pipeline could ever rebuild the network these embeddings come from."""
     from .encoders.frozen import random_init_error
 
+    opts = EmbedOptions(**options)
     if encoder.random_init:
         raise ValueError(random_init_error(encoder.spec))
+    if opts.matched_view:
+        encoder = copy.copy(encoder)  # a shallow copy: same network, its own preprocessing
+        encoder.preprocess = encoder.preprocess.matched()
     ds = open_dataset(data)
-    dl = torch.utils.data.DataLoader(_Preprocessed(ds, encoder.preprocess), batch_size=batch_size,
-                                     num_workers=num_workers, collate_fn=_collate)
-    embs, indices, labels, bad, t0 = [], [], [], [], time.time()
-    for idx, x, y, b in tqdm(dl, desc="embedding", disable=not progress):
-        bad += b
-        if idx is None:
-            continue
-        x01 = x.float().div_(255).to(encoder_device(encoder))
-        views = [encoder.encode(apply_view(x01, v), batch_size=batch_size, autocast_dtype=autocast_dtype).cpu()
-                 for v in range(len(VIEWS))]
-        embs.append(torch.stack(views, dim=1)), indices.append(idx), labels.append(y)  # (b, K, D)
-    check_bad(bad, len(ds), max_bad_frac)
-    meta = {"encoder": encoder.config(), "data": data, "fingerprint": fingerprint(ds), "views": list(VIEWS),
-            "num_items": len(ds), "num_bad": len(bad), "bad_examples": [m for _, m in bad[:5]],
-            "seconds": round(time.time() - t0, 1)}
-    files = ds.relative_files() if hasattr(ds, "relative_files") else None
-    return EmbeddingCache(torch.cat(embs), torch.cat(indices), torch.cat(labels), meta, files)
+    if out is not None:
+        return embed_dataset(encoder, ds, data, Path(out), opts)
+    with tempfile.TemporaryDirectory() as d:
+        cache = embed_dataset(encoder, ds, data, Path(d) / "cache.safetensors", opts)
+        return replace(cache, embeddings=cache.embeddings.clone(), indices=cache.indices.clone(),
+                       labels=cache.labels.clone(), stats=tuple(s.clone() for s in cache.stats))
 
 
-def encoder_device(encoder) -> torch.device:
-    return next(encoder.parameters()).device
+def embed_dataset(encoder, ds, data: str, out: Path, opts: EmbedOptions) -> EmbeddingCache | None:
+    """`build_cache` on an opened dataset `ds` (`data` is its spec, for the record). Every process calls it."""
+    from accelerate import PartialState
+
+    state, t0 = PartialState(), time.time()
+    partial = Path(str(out) + ".partial")
+    identity = _identity(encoder, ds, data, opts)
+    if state.is_main_process and not partial.is_file():
+        _create_partial(partial, ds, encoder.dim, identity)
+    state.wait_for_everyone()
+    with RowFile(partial) as store:
+        _check_resumable(store, identity, partial)
+        _embed_rows(encoder, ds, store, state, opts)
+    state.wait_for_everyone()
+    return _finish(partial, out, ds, identity, opts, t0) if state.is_main_process else None
+
+
+def _identity(encoder, ds, data: str, opts: EmbedOptions) -> dict:
+    """What the rows of a cache are: a partial file is resumed only if these agree (the data spec aside)."""
+    return {"encoder": encoder.config(), "data": data, "fingerprint": fingerprint(ds), "num_items": len(ds),
+            "views": list(VIEWS), "dtype": opts.dtype, "autocast": "bfloat16" if opts.bf16 else None,
+            "matched_view": opts.matched_view}
+
+
+def _create_partial(path: Path, ds, dim: int, identity: dict) -> None:
+    n, k = len(ds), len(VIEWS)
+    listing = "\n".join(listing_of(ds) or []).encode()
+    dtype = SAFETENSORS[np.dtype(identity["dtype"])]
+    tensors = {"embedding_mean": ("F64", (dim,)), "embedding_std": ("F64", (dim,)), "indices": ("I64", (n,)),
+               "labels": ("I64", (n,)), "embeddings": (dtype, (n, k, dim)), "status": ("U8", (n,))}
+    if listing:  # a folder's file list or a shard index: training rebuilds the dataset from it without a rescan
+        tensors["files"] = ("U8", (len(listing),))
+    create(path, tensors, {STORE_KEY: json.dumps(identity)}, HEADER_RESERVE, {"files": listing} if listing else {})
+
+
+def _check_resumable(store: RowFile, identity: dict, partial: Path) -> None:
+    made = _resume_key(json.loads(store.metadata[STORE_KEY]))
+    now = _resume_key(identity)
+    if made != now:
+        diff = [f"{k}: {made.get(k)!r} != now {now[k]!r}" for k in now if made.get(k) != now[k]]
+        raise ValueError(f"{partial} was started with other settings ({'; '.join(diff)}). Delete it to start over, "
+                         "or re-run with the settings it was made with.")
+
+
+def _resume_key(identity: dict) -> dict:
+    """The identity, flat, without the spellings of the data and encoder specs (a relative path, say): the data
+    and the weights are checked by their fingerprints."""
+    rest = {k: v for k, v in identity.items() if k not in ("data", "encoder")}
+    return {**rest, **{f"encoder {k}": v for k, v in identity["encoder"].items() if k != "spec"}}
+
+
+def _embed_rows(encoder, ds, store: RowFile, state, opts: EmbedOptions) -> None:
+    """This rank's pending rows (not yet done; unreadable ones are retried): encoded, written, committed per chunk."""
+    from tqdm.auto import tqdm
+
+    status = store.read("status", 0, store.rows("status")).copy()
+    batches = _ChunkBatches(status != DONE, opts, state.process_index, state.num_processes)
+    device = encoder.device
+    dl = torch.utils.data.DataLoader(_Preprocessed(ds, encoder.preprocess), batch_sampler=batches,
+                                     num_workers=_num_workers(opts), collate_fn=_collate,
+                                     pin_memory=device.type == "cuda")
+    if state.is_main_process and (status == DONE).any():
+        print(f"resuming {store.path}: {int((status == DONE).sum())} of {len(status)} images already embedded")
+    commits = _Committer(store, status, opts.chunk_size)
+    bar = tqdm(total=int(sum(len(r) for r in batches.chunks())), desc="embedding", unit="img",
+               disable=not (opts.progress and state.is_main_process))
+    for idx, x, y, bad in dl:
+        good = idx.numpy() if idx is not None else np.zeros(0, np.int64)
+        if len(good):
+            store.write_runs("embeddings", good, _encode_views(encoder, x, opts))
+            store.write_runs("labels", good, y.numpy())
+        commits.add(good, bad)
+        bar.update(len(good) + len(bad))
+    commits.commit()
+    bar.close()
+
+
+def _encode_views(encoder, x: torch.Tensor, opts: EmbedOptions) -> np.ndarray:
+    """uint8 (B, 3, crop, crop) -> (B, K, D) in the stored dtype. The images travel as uint8 (4x less than float)
+    and are scaled to [0, 1] and normalised on the encoder's device."""
+    x = x.to(encoder.device, non_blocking=True)
+    autocast = torch.bfloat16 if opts.bf16 else None
+    views = [encoder.encode(apply_view(x, v), batch_size=opts.batch_size, autocast_dtype=autocast)
+             for v in range(len(VIEWS))]
+    return torch.stack(views, dim=1).to(getattr(torch, opts.dtype)).cpu().numpy()
+
+
+def _num_workers(opts: EmbedOptions) -> int:
+    """Decoding processes per rank: as asked, else up to 8, sharing the CPUs with the other ranks on this machine."""
+    if opts.num_workers is not None:
+        return opts.num_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def _finish(partial: Path, out: Path, ds, identity: dict, opts: EmbedOptions, t0: float) -> EmbeddingCache:
+    """Main process, every row settled: count the unreadable, move readable rows into their slots, store the
+    statistics and the metadata, rename to `out`. Each step can be redone after a kill."""
+    with RowFile(partial) as store:
+        status = store.read("status", 0, store.rows("status"))
+        if (status == PENDING).any():  # a rank that stopped without an error: never finish on zero rows
+            raise ValueError(f"{partial}: {int((status == PENDING).sum())} images were not embedded; run the same "
+                             "command again to finish them.")
+        bad = np.flatnonzero(status == UNREADABLE)
+        _check_unreadable(ds, bad, opts.max_bad_frac, partial)
+        num_rows = len(status) - len(bad)
+        _fill_unreadable_slots(store, status, num_rows)
+        mean, std = streamed_stats(store, num_rows)
+        store.write("embedding_mean", 0, mean), store.write("embedding_std", 0, std)
+        meta = {**identity, "num_bad": len(bad), "bad_examples": [_why(ds, i)[:500] for i in bad[:5]],
+                "seconds": round(time.time() - t0, 1), "num_rows": num_rows}
+        store.sync()
+        store.set_metadata({STORE_KEY: store.metadata[STORE_KEY], META_KEY: json.dumps(meta)})
+        store.sync()
+    os.replace(partial, out)
+    return EmbeddingCache.load(out)
+
+
+def _why(ds, i) -> str:
+    try:
+        ds[int(i)]
+    except ImageError as e:
+        return str(e)
+    return f"item {i} was unreadable while embedding"
+
+
+def _check_unreadable(ds, bad: np.ndarray, max_bad_frac: float, partial: Path) -> None:
+    messages = [(int(i), _why(ds, i) if j == 0 else "") for j, i in enumerate(bad)]  # check_bad quotes the first
+    try:
+        check_bad(messages, len(ds), max_bad_frac)
+    except ValueError as e:
+        raise ValueError(f"{e} The embeddings made so far stay in {partial}: the same command retries only the "
+                         "unreadable images.") from None
+
+
+def _fill_unreadable_slots(store: RowFile, status: np.ndarray, num_rows: int) -> None:
+    """Make rows 0 .. num_rows - 1 the usable ones: each unreadable item's row among them gets a copy of a readable
+    row after them, and `indices` maps rows to items. The rows copied from are never written, so a kill midway
+    and a second pass give the same file."""
+    slots = np.flatnonzero(status[:num_rows] == UNREADABLE)
+    movers = np.flatnonzero(status[num_rows:] == DONE) + num_rows
+    for dst, src in zip(slots, movers):
+        for name in ("embeddings", "labels"):
+            store.write(name, int(dst), store.read(name, int(src), int(src) + 1))
+    step = 1 << 20
+    for lo in range(0, len(status), step):
+        rows = np.arange(lo, min(lo + step, len(status)))
+        at = (slots >= lo) & (slots < lo + step)
+        rows[slots[at] - lo] = movers[at]
+        store.write("indices", lo, rows)
+
+
+def streamed_stats(store: RowFile, num_rows: int, values_per_read: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and unbiased std of rows 0 .. num_rows - 1 of the embeddings (all views), in float64,
+    combining blocks with Chan et al.'s pairwise update ("Updating formulae and a pairwise algorithm for computing
+    sample variances", 1979): within 1e-6 of torch's float32 mean/std of the whole tensor, one block in memory."""
+    e = store.entries["embeddings"]
+    dim, step = e.shape[-1], max(1, values_per_read // int(np.prod(e.shape[1:])))
+    count, mean, m2 = 0, np.zeros(dim), np.zeros(dim)
+    for lo in range(0, num_rows, step):
+        x = store.read("embeddings", lo, min(num_rows, lo + step)).reshape(-1, dim).astype(np.float64)  # (rows*K, D)
+        n, mu = len(x), x.mean(0)
+        delta, total = mu - mean, count + n
+        m2 += ((x - mu) ** 2).sum(0) + delta ** 2 * count * n / total
+        mean, count = mean + delta * n / total, total
+    std = np.sqrt(m2 / (count - 1)) if count > 1 else np.full(dim, np.nan)
+    return mean, std
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_parser(sub) -> None:
     p = sub.add_parser("embed", help="precompute frozen embeddings of a dataset (the training cache)",
-                       description="Encode every image of a dataset, as is and flipped, with a frozen encoder, "
-                                   "and store the embeddings for training.")
+                       description="Encode every image of a dataset, as is and flipped, with a frozen encoder, and "
+                                   "store the embeddings for training. Runs as is or under `accelerate launch` "
+                                   "(the processes share the work); a killed run resumes when run again.")
     p.add_argument("--encoder", required=True, help="encoder spec, e.g. file:pretrained/simclr-cifar10-r18w32, "
                                                     "dino_resnet50, torchvision:resnet50@weights.pth")
     p.add_argument("--layer", default="backbone", help="backbone, projector, a module name, or a+b (default: backbone)")
-    p.add_argument("--data", required=True, help="data: file.npz[:split], an image folder, or torchvision:NAME:ROOT")
-    p.add_argument("--out", required=True, help="output cache file (.safetensors)")
+    p.add_argument("--data", required=True, help="data: file.npz[:split], an image folder, WebDataset tar shards (wds:DIR/train-{000000..000146}.tar, a .tar, or a folder of .tar files), or torchvision:NAME:ROOT")
+    p.add_argument("--out", required=True, help="output cache file (.safetensors); OUT.partial while it is made")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default: 256)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for decoding (default: 0)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers for decoding, per process; 0 decodes in the main process "
+                        "(default: min(8, CPUs per process on this machine))")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="stored precision of the embeddings; float16 halves the file (default: float32)")
+    p.add_argument("--matched-view", action="store_true",
+                   help="the encoder sees the full short-side centre crop the denoiser is trained on, resized to "
+                        "its input size, as in RCDM's reference, instead of its own resize-then-smaller-crop; "
+                        "recorded in the cache and in the trained pipeline (default: off)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="images per committed chunk: the most a kill loses per process (default: 4096)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast for the encoder (default: off; fp32 embeddings)")
-    p.add_argument("--device", default="auto", help="torch device (default: auto)")
+    p.add_argument("--device", default="auto", help="torch device (default: auto; each process's own GPU under "
+                                                    "accelerate launch)")
     p.set_defaults(func=cmd_embed)
 
 
 def cmd_embed(args) -> None:
-    from .encoders import load_encoder
-    from .flags import auto_device
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    encoder = load_encoder(args.encoder, args.layer, device=auto_device(args.device))
-    cache = build_cache(encoder, args.data, args.batch_size, args.num_workers,
-                        autocast_dtype=torch.bfloat16 if args.bf16 else None)
-    cache.save(args.out)
-    m = cache.meta
-    print(f"wrote {args.out}: {len(cache.indices)} images x {len(VIEWS)} views x {cache.dim}-d "
-          f"in {m['seconds']} s ({m['num_bad']} unreadable skipped)")
+    from .encoders import load_encoder
+
+    # as `Accelerator` does, ACCELERATE_USE_CPU makes the processes of a launch a gloo group (PartialState alone
+    # would leave each one on its own)
+    state = PartialState(cpu=args.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    device = state.device if args.device == "auto" else args.device
+    encoder = load_encoder(args.encoder, args.layer, device=device)
+    names = {f.name for f in fields(EmbedOptions)}
+    cache = build_cache(encoder, args.data, args.out, **{k: v for k, v in vars(args).items() if k in names})
+    if cache is not None:
+        m = cache.meta
+        print(f"wrote {args.out}: {len(cache.indices)} images x {len(VIEWS)} views x {cache.dim}-d {m['dtype']} "
+              f"in {m['seconds']} s ({m['num_bad']} unreadable skipped)")

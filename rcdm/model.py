@@ -110,10 +110,14 @@ class EmbeddingCondition:
         self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
         self.register_buffer("embedding_std", torch.ones(embedding_dim))
 
-    def set_embedding_stats(self, embeddings: torch.Tensor):
-        """Standardise h with the mean/std of the training embeddings (N, D)."""
-        self.embedding_mean.copy_(embeddings.float().mean(0))
-        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
+    def set_embedding_stats(self, embeddings: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+                            std: torch.Tensor | None = None):
+        """Standardise h with the mean/std of the training embeddings (N, D), or with their stored (D,) mean and std
+        (an embedding cache keeps them, so training need not read every row)."""
+        if embeddings is not None:
+            mean, std = embeddings.float().mean(0), embeddings.float().std(0)
+        self.embedding_mean.copy_(mean)
+        self.embedding_std.copy_(std.clamp_min(1e-6))
 
     def condition(self, embedding, drop_mask=None):
         """Standardised h (B, D), with rows in `drop_mask` (B,) replaced by the learned null embedding."""

@@ -32,6 +32,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from .config import add_dataclass_args, dataclass_from_args
 from .fsutil import fresh_tmp_dir, replace_dir
+from .model import EmbeddingCondition
 
 PRIOR_DIR = "prior"
 
@@ -78,9 +79,7 @@ class PriorMLP(ModelMixin, ConfigMixin):
             x = block(x, temb)
         return self.proj_out(self.norm_out(x))
 
-    def set_embedding_stats(self, embeddings: torch.Tensor):
-        self.embedding_mean.copy_(embeddings.float().mean(0))
-        self.embedding_std.copy_(embeddings.float().std(0).clamp_min(1e-6))
+    set_embedding_stats = EmbeddingCondition.set_embedding_stats  # the denoiser's standardisation, same buffers
 
     def standardise(self, h):
         return (h.float() - self.embedding_mean) / self.embedding_std
@@ -196,12 +195,13 @@ def train_prior(cfg: PriorConfig, command: str = "", install_into_model: bool = 
     from .train import Checkpointer, StopRequest, any_rank, make_accelerator, make_lr_schedule
 
     cache = EmbeddingCache.load(cfg.cache)
-    feats = cache.embeddings.flatten(0, 1).float()  # (N * views, D)
+    feats = cache.embeddings.flatten(0, 1)  # (N * views, D), memory-mapped: each batch is gathered from the file
     acc = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     model = PriorMLP(cache.dim, cfg.width, cfg.num_blocks, cfg.dropout)
-    model.set_embedding_stats(feats)
-    z = model.standardise(feats)
+    mean, std = cache.embedding_stats()  # stored by `rcdm embed`: no full read of the memory-mapped cache
+    model.set_embedding_stats(mean=mean, std=std)
+    mean, std = model.embedding_mean, model.embedding_std  # std clamped as the model does
     sched = prior_scheduler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
@@ -213,7 +213,8 @@ def train_prior(cfg: PriorConfig, command: str = "", install_into_model: bool = 
     with StopRequest() as request:
         while step < cfg.max_steps:
             g = seeded_generator(cfg.seed, step, acc.process_index)  # batch, timesteps and noise: exact resume
-            batch = z[torch.randint(0, len(z), (cfg.batch_size,), generator=g)].to(acc.device)
+            h = feats[torch.randint(0, len(feats), (cfg.batch_size,), generator=g)]
+            batch = ((h.float() - mean) / std).to(acc.device)  # (B, D) z-scores, = model.standardise(h)
             with acc.autocast():
                 loss = prior_loss(model, sched, batch, g)
             acc.backward(loss)

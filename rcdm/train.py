@@ -43,7 +43,7 @@ from .schedulers import make_scheduler, training_scheduler
 class TrainConfig:
     """Everything a training run needs. Presets fill it; a YAML file and flags override fields."""
 
-    data: str = field(default="", metadata={"help": "training images: file.npz[:split], image folder or torchvision:NAME:ROOT"})
+    data: str = field(default="", metadata={"help": "training images: file.npz[:split], image folder, WebDataset tar shards (wds:PATTERN.tar or a folder of .tar) or torchvision:NAME:ROOT"})
     cache: str = field(default="", metadata={"help": "embedding cache from `rcdm embed` for the same data; several, "
                                                      "comma-separated (one per encoder layer), train one RCDM each "
                                                      "into output_dir/<layer>"})
@@ -223,7 +223,8 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
                              "checkpoint), so it cannot learn to drop the condition: add --cond-drop-prob 0")
         return unet
     unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
-    unet.set_embedding_stats(cache.embeddings.flatten(0, 1))
+    mean, std = cache.embedding_stats()  # stored by `rcdm embed`: no full read of the memory-mapped cache
+    unet.set_embedding_stats(mean=mean, std=std)
     return unet
 
 
@@ -284,10 +285,13 @@ def load_cache_encoder(cache: EmbeddingCache):
     """The encoder that made the cache, refused if its weights are not the ones it was made with (every rank checks,
     so all of them stop with the same error). The sample grids and the export reuse it."""
     from .encoders import load_encoder
+    from .encoders.frozen import Preprocess
 
     enc = cache.meta["encoder"]
     encoder = load_encoder(enc["spec"], enc["layer"])
     cache.check_encoder(encoder)
+    if cache.meta.get("matched_view"):  # encode images as the cache did: grids, held-out scores, the export
+        encoder.preprocess = Preprocess.from_dict(cache.meta["encoder"]["preprocess"])
     return encoder
 
 

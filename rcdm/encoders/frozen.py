@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -48,6 +48,12 @@ class Preprocess:
         if tuple(x.shape[-2:]) == (self.crop, self.crop):
             return x
         return resize_center_crop(x, self.size, self.crop, self.interpolation)
+
+    def matched(self) -> "Preprocess":
+        """The view RCDM's reference gave its encoder: the denoiser's own full short-side centre crop, resized to
+        the network's input (`crop`), instead of a resize to `size` and a smaller centre crop (256 -> 224 hides a
+        border of 1/16 of the width on each side, which the denoiser still has to draw)."""
+        return replace(self, size=self.crop)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -645,7 +645,7 @@ def _periodic(acc, cfg, ckpt, ema, unet, cache, encoder, watch, step, window, ba
         window.clear(step)
     t = time.perf_counter()
     if sample_now:
-        log_samples(acc, cfg, ema, unet, cache, step, encoder=encoder, watch=watch)
+        log_samples(acc, cfg, ema, unet, cache, step, encoder, watch)
     if eval_now:
         log_heldout_score(acc, cfg, ema, unet, cache, step, encoder, watch, bar)
     if ckpt_now:
@@ -716,14 +716,13 @@ def log_heldout_score(acc, cfg, ema, unet, cache, step, encoder, watch: HeldOut,
     acc.wait_for_everyone()
 
 
-def log_samples(acc, cfg, ema, unet, cache, step, n_inputs=8, n_samples=5, encoder=None, watch=None):
-    """Grid of (input, samples) rows, one class per row as far as there are classes, as PNG and in tensorboard."""
+def log_samples(acc, cfg, ema, unet, cache, step, encoder, watch: HeldOut, n_inputs=8, n_samples=5):
+    """Grid of (input, samples) rows for the watched images (read once per run), as PNG and in tensorboard."""
     if acc.is_main_process:
         from .viz import image_grid
 
         pipe = ema_pipeline(acc, cfg, ema, unet, cache, encoder)
-        x, h = watch.grid(n_inputs) if watch is not None else \
-            grid_inputs(PairedDataset(cache.open_data(cfg.data), cache, cfg.resolution), n_inputs)
+        x, h = watch.grid(n_inputs)
         out = pipe(embeddings=h, num_samples=n_samples,
                    num_inference_steps=cfg.sample_steps, generator=torch.Generator().manual_seed(cfg.seed))
         inputs = to_pil((x + 1) / 2)

@@ -95,3 +95,37 @@ def tiny_npz(tmp_path_factory, cifar_npz):
     np.savez(path, train_jpeg=z["test_jpeg"][: off[-1]], train_offsets=off, train_labels=z["test_labels"][:64],
              class_names=z["class_names"])
     return path
+
+
+def tiny_train_config(data, cache, out, **kw):
+    """A TrainConfig for a seconds-long run of a tiny UNet on `data` with the embedding cache `cache`."""
+    from rcdm.model import UNetConfig
+    from rcdm.train import TrainConfig
+
+    base = dict(data=str(data), cache=str(cache), output_dir=str(out), batch_size=8, log_every=1,
+                sample_every=0, warmup_steps=2, unet=UNetConfig(block_out_channels=(16, 32), norm_num_groups=8,
+                                                                layers_per_block=1))
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def cache_path(tmp_path_factory, tiny_npz, tiny_encoder_dir):
+    """`rcdm embed` of tiny_npz with the tiny encoder."""
+    from rcdm.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("cache") / "emb.safetensors"
+    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def corrupt_npz(tmp_path_factory, tiny_npz):
+    """tiny_npz with the JPEG bytes of item 3 zeroed: one unreadable image of 64."""
+    import numpy as np
+
+    z = dict(np.load(tiny_npz))
+    buf = z["train_jpeg"].copy()
+    buf[z["train_offsets"][3] : z["train_offsets"][4]] = 0
+    path = tmp_path_factory.mktemp("bad") / "bad.npz"
+    np.savez(path, **{**z, "train_jpeg": buf})
+    return path

@@ -7,28 +7,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import tiny_train_config
 from rcdm import RCDMPipeline
-from rcdm.cli import main as cli_main
 from rcdm.data import open_dataset
 from rcdm.heldout import resolve_spec, spread_indices
 from rcdm.images import resize_center_crop, to_pil
-from rcdm.model import UNetConfig
 from rcdm.sampling import Sampling, sample
-from rcdm.train import TrainConfig, train
+from rcdm.train import train
 
 
-@pytest.fixture(scope="module")
-def cache_path(tmp_path_factory, tiny_npz, tiny_encoder_dir):
-    out = tmp_path_factory.mktemp("cache") / "emb.safetensors"
-    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(out)]) == 0
-    return out
-
-
-def _cfg(tiny_npz, cache_path, out, **kw):
-    base = dict(data=str(tiny_npz), cache=str(cache_path), output_dir=str(out), batch_size=8, log_every=1,
-                sample_every=0, warmup_steps=2, unet=UNetConfig(block_out_channels=(16, 32), norm_num_groups=8,
-                                                                layers_per_block=1))
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_train_config
 
 
 def test_auto_held_out_spec_is_the_test_split_of_an_npz_that_has_one(tiny_npz, cifar_npz):

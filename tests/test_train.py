@@ -14,29 +14,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_train_config
 from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
-from rcdm.model import UNetConfig
 from rcdm.train import PRESETS, BatchPlan, TrainConfig, make_lr_schedule, plan_batch, train
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
         "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--warmup-steps", "2"]
 
 
-@pytest.fixture(scope="module")
-def cache_path(tmp_path_factory, tiny_npz, tiny_encoder_dir):
-    out = tmp_path_factory.mktemp("cache") / "emb.safetensors"
-    assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(out)]) == 0
-    return out
-
-
-def _cfg(tiny_npz, cache_path, out, **kw):
-    base = dict(data=str(tiny_npz), cache=str(cache_path), output_dir=str(out), batch_size=8, log_every=1,
-                sample_every=0, warmup_steps=2, unet=UNetConfig(block_out_channels=(16, 32), norm_num_groups=8,
-                                                                layers_per_block=1))
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_train_config
 
 
 def _losses(out):
@@ -59,17 +48,13 @@ def test_mismatched_cache_is_refused(tmp_path, cache_path, cifar_npz):
         train(_cfg(f"{cifar_npz}:test", cache_path, tmp_path / "x", max_steps=1))
 
 
-def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny_npz, tiny_encoder_dir):
-    z = dict(np.load(tiny_npz))
-    buf = z["train_jpeg"].copy()
-    buf[z["train_offsets"][3] : z["train_offsets"][4]] = 0  # image 3 becomes garbage
-    np.savez(tmp_path / "bad.npz", **{**z, "train_jpeg": buf})
+def test_corrupt_image_is_skipped_and_counted(corrupt_npz, tiny_encoder_dir):
     enc = load_encoder(f"file:{tiny_encoder_dir}")
     with pytest.warns(UserWarning, match="skipped 1 of 64"):
-        cache = build_cache(enc, str(tmp_path / "bad.npz"), max_bad_frac=0.05, progress=False)
+        cache = build_cache(enc, str(corrupt_npz), max_bad_frac=0.05, progress=False)
     assert cache.meta["num_bad"] == 1 and 3 not in cache.indices.tolist() and len(cache.indices) == 63
     with pytest.raises(ValueError, match="unreadable"), pytest.warns(UserWarning):
-        build_cache(enc, str(tmp_path / "bad.npz"), progress=False)  # default limit: 1% of 64 < 1
+        build_cache(enc, str(corrupt_npz), progress=False)  # default limit: 1% of 64 < 1
 
 
 def test_exact_resume(tmp_path, tiny_npz, cache_path):

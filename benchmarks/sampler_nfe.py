@@ -24,8 +24,8 @@ from rcdm.flags import DTYPES, load_pipeline
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
 SAMPLERS = "ddpm:1000,ddpm:100,ddpm:50,ddim:50,ddim:20,ddim:10,dpm++:20,dpm++:10,unipc:10,ddpm:25:g2,ddim:25:g2"
-COLUMNS = ["sampler", "scheduler", "steps", "guidance", "nfe", "num_images", "mean_rank", "median_rank", "top1_pct", "top5_pct",
-           "fd", "fd_real_halves", "sample_seconds", "ms_per_sample"]
+COLUMNS = ["sampler", "scheduler", "steps", "guidance", "nfe", "num_images", "offset", "mean_rank", "median_rank",
+           "top1_pct", "top5_pct", "fd", "fd_real_halves", "sample_seconds", "ms_per_sample"]
 
 
 def parse_samplers(text: str) -> list[tuple[str, int, float]]:
@@ -42,14 +42,14 @@ def parse_samplers(text: str) -> list[tuple[str, int, float]]:
 
 
 def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, guidance: float, seed: int,
-            batch_size: int) -> dict:
+            batch_size: int, offset: int = 0) -> dict:
     """One CSV row: faithfulness, measured NFE and sampling wall time of one sampler."""
     m = evaluate(pipe, data, num_images, Sampling(steps=steps, scheduler=scheduler, guidance=guidance, seed=seed,
-                                                  batch_size=batch_size))
+                                                  batch_size=batch_size), offset=offset)
     r, t = m["rank"], m["timing"]["sample_seconds"]
     label = f"{scheduler}-{steps}" + (f"-g{guidance:g}" if guidance != 1.0 else "")
     return {"sampler": label, "scheduler": scheduler, "steps": steps, "guidance": guidance, "nfe": m["sampling"]["nfe"],
-            "num_images": m["num_images"], "mean_rank": r["mean"], "median_rank": r["median"],
+            "num_images": m["num_images"], "offset": offset, "mean_rank": r["mean"], "median_rank": r["median"],
             "top1_pct": r["top1_pct"], "top5_pct": r["top5_pct"], "fd": m["fd"]["samples_vs_real"],
             "fd_real_halves": m["fd"]["real_half_vs_half"], "sample_seconds": t,
             "ms_per_sample": 1000 * t / m["num_images"]}
@@ -91,6 +91,9 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None, help="pipeline directory or shipped name (default: the shipped default)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"reference images (default: {DEFAULT_DATA})")
     p.add_argument("--num-images", type=int, default=200, help="references: the first N test images (default: 200)")
+    p.add_argument("--offset", type=int, default=0,
+                   help="start at this test image, e.g. 5000 for images disjoint from the reported first N "
+                        "(default: 0)")
     p.add_argument("--samplers", default=SAMPLERS, help=f"comma-separated NAME:STEPS (default: {SAMPLERS})")
     p.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (default: 64)")
@@ -107,12 +110,13 @@ def main(argv=None) -> None:
     pipe = load_pipeline(args.model, args.device, args.dtype)
     t0, rows = time.time(), []
     for name, steps, guidance in samplers:
-        rows.append(measure(pipe, args.data, args.num_images, name, steps, guidance, args.seed, args.batch_size))
+        rows.append(measure(pipe, args.data, args.num_images, name, steps, guidance, args.seed, args.batch_size,
+                            args.offset))
         write_csv(rows, args.out_csv)  # after every sampler: a long run that dies keeps what it measured
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
               flush=True)
-    plot(rows, args.out_png, f"{args.model or 'default model'} ({args.dtype}): {rows[0]['num_images']} test images, "
-                             f"seed {args.seed}")
+    plot(rows, args.out_png, f"{args.model or 'default model'} ({args.dtype}): {rows[0]['num_images']} test images "
+                             f"from #{args.offset}, seed {args.seed}")
     print(f"wrote {args.out_csv} and {args.out_png} in {time.time() - t0:.1f} s")
 
 

@@ -474,10 +474,11 @@ def decode_all(ds, desc: str = "decoding", resolution: int | None = None, max_ba
     return torch.stack(imgs), torch.tensor(labels), torch.tensor(kept), len(bad)
 
 
-def readable_items(ds, n: int, bad: list):
-    """(index, uint8 (3, H, W), label) for the first n items of `ds` that decode; the others go to `bad`."""
+def readable_items(ds, n: int, bad: list, offset: int = 0):
+    """(index, uint8 (3, H, W), label) for the first n items of `ds` from position `offset` on that decode; the
+    others go to `bad`."""
     found = 0
-    for i in range(len(ds)):
+    for i in range(offset, len(ds)):
         if found == n:
             return
         try:

@@ -3,9 +3,10 @@
     rcdm evaluate --model pretrained/rcdm-cifar10-backbone --data cifar10_jpeg.npz:test --num-images 200 \\
         --out metrics.json --summary-png metrics.png
 
-The first `--num-images` readable items of the data are the references x (a packed CIFAR-10 npz is
-class-interleaved, so a prefix is class-balanced). Each x is encoded with the model's encoder, K samples are drawn
-from that embedding, and the samples are re-encoded by the judge (by default the same encoder and layer).
+The first `--num-images` readable items of the data (from item `--offset` on) are the references x (a packed
+CIFAR-10 npz is class-interleaved, so a prefix is class-balanced). Each x is encoded with the model's encoder, K
+samples are drawn from that embedding, and the samples are re-encoded by the judge (by default the same encoder and
+layer).
 The metrics (rank, FD, diversity, kNN class agreement, optional Inception FID/KID) are defined in `rcdm.metrics`.
 
 The sampler, steps and guidance default to the model's recorded choice. Reproducibility: sample k of dataset item i
@@ -46,14 +47,18 @@ class References:
 
 
 # ------------------------------------------------------------------------------------------------ references
-def read_references(ds, num_images: int, encoders, resolution: int | None = None, progress: bool = True):
-    """Encode the first `num_images` readable items of `ds` with each encoder, in fixed chunks. Unreadable items
-    are skipped and counted; more than 1% of them is an error (as in `rcdm.data.decode_all`)."""
+def read_references(ds, num_images: int, encoders, resolution: int | None = None, progress: bool = True,
+                    offset: int = 0):
+    """Encode the first `num_images` readable items of `ds` from position `offset` on with each encoder, in fixed
+    chunks. Unreadable items are skipped and counted; more than 1% of them is an error (as in
+    `rcdm.data.decode_all`)."""
     from tqdm.auto import tqdm
 
     bad, idx, labels, thumbs, feats = [], [], [], [], [[] for _ in encoders]
-    items = readable_items(ds, num_images, bad)
-    with tqdm(total=min(num_images, len(ds)), desc="encoding", unit="img", disable=not progress) as bar:
+    if not 0 <= offset < len(ds):
+        raise ValueError(f"offset {offset} is outside the data's {len(ds)} items: pick 0 <= offset < {len(ds)}")
+    items = readable_items(ds, num_images, bad, offset)
+    with tqdm(total=min(num_images, len(ds) - offset), desc="encoding", unit="img", disable=not progress) as bar:
         while chunk := list(itertools.islice(items, ENCODE_CHUNK)):
             pils = [to_pil(x)[0] for _, x, _ in chunk]  # as `pipe(images=...)` sees them
             for out, enc in zip(feats, encoders):
@@ -150,10 +155,12 @@ class InceptionScores:
 # ------------------------------------------------------------------------------------------------ evaluate
 def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judge=None,
              train_data: str | None = None, progress: bool = True, inception_weights: str | None = None,
-             summary_png: str | None = None) -> dict:
+             summary_png: str | None = None, offset: int = 0) -> dict:
     """Sample `run.samples_per_image` images from the embedding of each of the first `num_images` items of `data`
-    (a spec for `rcdm.data.open_dataset`; a bare .npz means its test split) and measure their fidelity
-    (`rcdm.metrics`). `run` defaults to one sample per image with the model's recorded sampler.
+    from position `offset` on (a spec for `rcdm.data.open_dataset`; a bare .npz means its test split) and measure
+    their fidelity (`rcdm.metrics`). An `offset` gives references disjoint from the first `num_images`, e.g. a set
+    to choose between models on while the first ones stay the reported metric. `run` defaults to one sample per
+    image with the model's recorded sampler.
 
     `judge` (a FrozenEncoder) scores the samples; default: the pipeline's own encoder. `train_data` (a data spec
     or an embedding cache of the judge) enables the kNN class agreement. Returns the dict `rcdm evaluate` writes.
@@ -161,14 +168,14 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     run = (run or Sampling()).resolve(pipe)
     judge = pipe.encoder if judge is None else judge
     t0 = time.time()
-    refs = _encode_references(pipe, judge, data, num_images, progress)
+    refs = _encode_references(pipe, judge, data, num_images, progress, offset)
     n, k = len(refs.indices), run.samples_per_image
     inception, skipped = InceptionScores.create(inception_weights, refs.thumbs, n * k, pipe.device)
     t1 = time.time()
     with sampling_context(pipe, run) as count:
         h_hat, spread, examples = _sample_and_judge(pipe, refs, judge, run, inception, progress)
     t2 = time.time()
-    metrics = {"format": FORMAT, "data": data, "num_images": n, "model": _model_info(pipe),
+    metrics = {"format": FORMAT, "data": data, "num_images": n, "offset": offset, "model": _model_info(pipe),
                "sampling": {**asdict(run), "nfe": count["rows"] / (n * k)},
                "judge": judge.config(), **_scores(refs, h_hat, spread, k),
                "class_agreement": _class_agreement(train_data, judge, refs, h_hat, progress),
@@ -180,10 +187,10 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     return metrics
 
 
-def _encode_references(pipe, judge, data: str, num_images: int, progress: bool) -> References:
+def _encode_references(pipe, judge, data: str, num_images: int, progress: bool, offset: int) -> References:
     """References encoded by the model's encoder (feats[0], to sample from) and the judge (feats[-1])."""
     encoders = [pipe.encoder] if judge is pipe.encoder else [pipe.encoder, judge]
-    refs = read_references(open_dataset(data, "test"), num_images, encoders, pipe.resolution, progress)
+    refs = read_references(open_dataset(data, "test"), num_images, encoders, pipe.resolution, progress, offset)
     if len(refs.indices) < 2:
         raise ValueError("the rank metric needs at least 2 reference images")
     return refs
@@ -251,6 +258,9 @@ def add_parser(sub) -> None:
                    help="reference images: file.npz[:split] (a bare .npz means its test split), an image folder, "
                         "or torchvision:NAME:ROOT[:split]")
     p.add_argument("--num-images", type=int, default=200, help="references: the first N readable items (default: 200)")
+    p.add_argument("--offset", type=int, default=0,
+                   help="start the references at this item of the split, e.g. 5000 for a set disjoint from the "
+                        "reported first N (default: 0)")
     add_sampling_flags(p, num_samples=1, names=("--samples-per-image", "--num-samples"),
                        what="K samples per reference; ranks average over K, diversity needs K >= 2")
     p.add_argument("--judge", default=None,
@@ -277,7 +287,7 @@ def cmd_evaluate(args) -> None:
     pipe = load_pipeline(args.model, args.device, args.dtype)
     judge = load_encoder(args.judge, args.judge_layer, device=pipe.device) if args.judge else None
     metrics = evaluate(pipe, args.data, args.num_images, run, judge, args.train_data,
-                       inception_weights=args.inception_weights, summary_png=args.summary_png)
+                       inception_weights=args.inception_weights, summary_png=args.summary_png, offset=args.offset)
     metrics["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
     Path(args.out).write_text(json.dumps(metrics, indent=2))
     r = metrics["rank"]

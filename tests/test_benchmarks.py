@@ -27,11 +27,12 @@ def test_parse_samplers_reads_guidance_and_refuses_garbage():
 def test_sampler_benchmark_measures_nfe_and_writes_csv_and_png(tiny_pipeline_dir, cifar_npz, tmp_path):
     nfe = _load("sampler_nfe")
     out_csv, out_png = tmp_path / "s.csv", tmp_path / "s.png"
-    nfe.main(["--model", str(tiny_pipeline_dir), "--data", f"{cifar_npz}:test", "--num-images", "4",
+    nfe.main(["--model", str(tiny_pipeline_dir), "--data", f"{cifar_npz}:test", "--num-images", "4", "--offset", "2",
               "--samplers", "ddim:3,ddpm:2:g2", "--dtype", "bfloat16", "--out-csv", str(out_csv),
               "--out-png", str(out_png)])
     rows = list(csv.DictReader(open(out_csv)))
     assert [r["sampler"] for r in rows] == ["ddim-3", "ddpm-2-g2"]
     assert [float(r["nfe"]) for r in rows] == [3.0, 4.0]  # counted by a hook on the UNet, not assumed
-    assert [int(r["num_images"]) for r in rows] == [4, 4] and [float(r["guidance"]) for r in rows] == [1.0, 2.0]
+    assert [int(r["num_images"]) for r in rows] == [4, 4] and [int(r["offset"]) for r in rows] == [2, 2]
+    assert [float(r["guidance"]) for r in rows] == [1.0, 2.0]
     assert out_png.stat().st_size > 10_000

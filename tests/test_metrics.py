@@ -10,6 +10,7 @@ import torch
 
 from rcdm import Sampling
 from rcdm import metrics as M
+from rcdm.data import open_dataset
 from rcdm.evaluate import evaluate
 from rcdm.images import to_uint8
 from rcdm.pipeline import RCDMPipeline, RCDMPipelineOutput
@@ -232,6 +233,16 @@ def test_evaluate_end_to_end_batch_invariant(pipe, test_spec, train_folder, tmp_
     json.dumps(a)  # serialisable as is
 
 
+def test_evaluate_offset_picks_later_references_and_refuses_out_of_range(pipe, test_spec, cifar_test_images):
+    m = evaluate(pipe, test_spec, 3, Sampling(steps=1), offset=5, progress=False)
+    assert m["offset"] == 5 and m["per_image"]["index"] == [5, 6, 7]
+    assert m["per_image"]["label"] == cifar_test_images[1][5:8]
+    n = len(open_dataset(test_spec, "test"))
+    for bad in (-1, n):
+        with pytest.raises(ValueError, match=f"offset {bad} is outside the data's {n} items"):
+            evaluate(pipe, test_spec, 3, Sampling(steps=1), offset=bad, progress=False)
+
+
 def test_evaluate_class_agreement_from_embedding_cache(pipe, test_spec, train_folder, tmp_path):
     from rcdm.cache import build_cache
 
@@ -266,6 +277,9 @@ def test_cli_evaluate_smoke(tiny_pipeline_dir, tiny_encoder_dir, test_spec, tmp_
     missing = main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", test_spec, "--num-images", "2",
                     "--inception-weights", str(tmp_path / "nope.pth"), "--out", str(out)])
     assert missing == 2 and "nope.pth" in capsys.readouterr().err
+    past_end = main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", test_spec, "--offset", "10000000",
+                     "--out", str(out)])
+    assert past_end == 2 and "offset 10000000 is outside" in capsys.readouterr().err
 
 
 def test_cli_evaluate_every_flag_has_help():
@@ -275,6 +289,6 @@ def test_cli_evaluate_every_flag_has_help():
     flags = [a for a in sub._actions if a.dest != "help"]
     assert all(a.help for a in flags)
     names = {o for a in flags for o in a.option_strings}
-    assert names >= {"--model", "--data", "--num-images", "--samples-per-image", "--steps", "--scheduler", "--guidance",
-                     "--seed", "--judge", "--judge-layer", "--train-data", "--inception-weights", "--out",
+    assert names >= {"--model", "--data", "--num-images", "--offset", "--samples-per-image", "--steps", "--scheduler",
+                     "--guidance", "--seed", "--judge", "--judge-layer", "--train-data", "--inception-weights", "--out",
                      "--summary-png"}

@@ -55,7 +55,7 @@ def read_references(ds, num_images: int, encoders, resolution: int | None = None
     from tqdm.auto import tqdm
 
     bad, idx, labels, thumbs, feats = [], [], [], [], [[] for _ in encoders]
-    if not 0 <= offset < len(ds):
+    if offset < 0 or offset >= max(len(ds), 1):  # empty data keeps its own error below
         raise ValueError(f"offset {offset} is outside the data's {len(ds)} items: pick 0 <= offset < {len(ds)}")
     items = readable_items(ds, num_images, bad, offset)
     with tqdm(total=min(num_images, len(ds) - offset), desc="encoding", unit="img", disable=not progress) as bar:

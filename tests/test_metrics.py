@@ -11,7 +11,7 @@ import torch
 from rcdm import Sampling
 from rcdm import metrics as M
 from rcdm.data import open_dataset
-from rcdm.evaluate import evaluate
+from rcdm.evaluate import evaluate, read_references
 from rcdm.images import to_uint8
 from rcdm.pipeline import RCDMPipeline, RCDMPipelineOutput
 from rcdm.sampling import sample_generators, sampling_context
@@ -241,6 +241,8 @@ def test_evaluate_offset_picks_later_references_and_refuses_out_of_range(pipe, t
     for bad in (-1, n):
         with pytest.raises(ValueError, match=f"offset {bad} is outside the data's {n} items"):
             evaluate(pipe, test_spec, 3, Sampling(steps=1), offset=bad, progress=False)
+    with pytest.raises(ValueError, match="holds no readable images"):  # not an offset error at the default 0
+        read_references(torch.utils.data.Subset(open_dataset(test_spec, "test"), []), 3, [pipe.encoder])
 
 
 def test_evaluate_class_agreement_from_embedding_cache(pipe, test_spec, train_folder, tmp_path):

@@ -170,6 +170,28 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         self.init_condition(embedding_dim, learned_null=True)
         self.decoder = MeanDecoder(embedding_dim, sample_size) if mean_decoder else None
 
+    def with_attention(self, levels) -> "RCDMUNet":
+        """A copy with self-attention added at `levels` that computes exactly the same function: every new
+        attention block is residual (x + out(attn(x))) and its output projection starts at zero, so a model grown
+        this way continues from its parent's quality instead of restarting (function-preserving growth, as in
+        Net2Net, Chen et al. 2016). The new blocks then learn in the next stint."""
+        levels = tuple(sorted(set(levels)))
+        have, n = tuple(self.config.attention_levels), len(self.config.block_out_channels)
+        bad = [lv for lv in levels if not 0 <= lv < n]
+        if bad:
+            raise ValueError(f"attention level(s) {bad} do not exist: this UNet has levels 0..{n - 1}")
+        if twice := sorted(set(levels) & set(have)):
+            raise ValueError(f"level(s) {twice} already have self-attention (the model has {list(have)})")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        grown = RCDMUNet(**{**config, "attention_levels": tuple(sorted(set(have) | set(levels)))})
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(".attentions." in k for k in missing), (missing, unexpected)
+        for name, module in grown.named_modules():
+            if name.endswith("to_out.0") and f"{name}.weight" in missing:  # only the new blocks' projections
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+        return grown.to(device=self.device, dtype=self.dtype)
+
     def forward(self, sample, timestep, embedding, drop_mask=None, return_dict=True):
         """sample (B, 3, R, R), timestep (B,) or scalar, embedding (B, D), drop_mask (B,) bool or None."""
         h = self.condition(embedding, drop_mask)  # (B, D)

@@ -33,7 +33,7 @@ from .cache import VIEWS, EmbeddingCache, apply_view
 from .config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
 from .images import resize_center_crop, to_pil
 from .loss import RCDMLoss
-from .model import UNetConfig
+from .model import RCDMUNet, UNetConfig
 from .heldout import HeldOut, resolve_spec
 from .sampling import DEFAULT_SAMPLING, seeded_generator
 from .schedulers import make_scheduler, training_scheduler
@@ -85,6 +85,9 @@ class TrainConfig:
         "help": "continue a run exactly: 'auto' (the latest checkpoint if there is one, else a fresh start: one "
                 "command for the first run and every requeue), 'latest' (one must exist) or a checkpoint directory"})
     init_from: str = field(default="", metadata={"help": "pipeline directory to start from (new optimizer, re-warmed)"})
+    grow_attention: tuple[int, ...] = field(default=(), metadata={
+        "help": "with --init-from: add self-attention at these UNet levels (0 = full resolution), starting as the "
+                "identity (zero output projection), so the stint continues from the loaded model's exact function"})
     log_every: int = field(default=50, metadata={"help": "log losses every N steps (the only steps that wait for "
                                                          "the loss across processes)"})
     report_to: str = field(default="tensorboard", metadata={
@@ -221,6 +224,10 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
         if cfg.cond_drop_prob > 0 and getattr(unet, "null_embedding", None) is None:
             raise ValueError(f"--init-from {cfg.init_from} has no learned null embedding (a converted RCDM "
                              "checkpoint), so it cannot learn to drop the condition: add --cond-drop-prob 0")
+        if cfg.grow_attention:
+            if not isinstance(unet, RCDMUNet):
+                raise ValueError(f"--grow-attention needs an RCDMUNet; {cfg.init_from} is a {type(unet).__name__}")
+            unet = unet.with_attention(cfg.grow_attention)
         return unet
     unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
     mean, std = cache.embedding_stats()  # stored by `rcdm embed`: no full read of the memory-mapped cache
@@ -809,6 +816,9 @@ def _validate(cfg: TrainConfig):
     if cfg.resume and cfg.resume != "auto" and cfg.init_from:
         raise ValueError("use either --resume (continue a run exactly) or --init-from (new run from weights); "
                          "--resume auto may go with --init-from (the first run starts from the weights)")
+    if cfg.grow_attention and not cfg.init_from:
+        raise ValueError("--grow-attention grows a trained model: give it --init-from (a fresh model takes "
+                         "--attention-levels)")
     if cfg.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise ValueError(f"--report-to {cfg.report_to} needs the wandb package: pip install wandb (WANDB_MODE=offline "
                          "logs without a network), or use --report-to tensorboard")

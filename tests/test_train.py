@@ -492,3 +492,26 @@ def test_image_folder_is_listed_once_in_the_cache(tmp_path, tiny_encoder_dir, mo
     (folder / "class1" / "04.png").unlink()
     with pytest.raises(ValueError, match="fingerprint"):
         cache.check_matches(cache.open_data(str(folder)))
+
+
+def test_grow_attention_continues_the_parents_function_and_trains_the_new_blocks(tmp_path, tiny_npz, cache_path):
+    """--grow-attention adds self-attention blocks that start as the identity: at lr 0 the grown export computes what
+    its parent computes; with a real lr the new blocks learn."""
+    first = train(_cfg(tiny_npz, cache_path, tmp_path / "s1", max_steps=2), "stint 1")
+    kw = dict(max_steps=2, init_from=str(first), grow_attention=(1,))
+    frozen = train(_cfg(tiny_npz, cache_path, tmp_path / "s2", lr=0.0, **kw), "grow, lr 0")
+    moved = train(_cfg(tiny_npz, cache_path, tmp_path / "s3", lr=1e-3, **kw), "grow")
+    parent, grown, trained = (RCDMPipeline.from_pretrained(p).unet for p in (first, frozen, moved))
+    assert tuple(grown.config.attention_levels) == (1,) and tuple(parent.config.attention_levels) == ()
+    x, t, h = torch.randn(3, 3, 32, 32), torch.tensor([5, 500, 990]), torch.randn(3, parent.config.embedding_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, h).sample, parent(x, t, h).sample, atol=1e-5, rtol=1e-5)
+    new = [k for k, _ in trained.named_parameters() if ".attentions." in k and k.endswith("to_out.0.weight")]
+    assert new and all(trained.get_parameter(k).abs().max() > 0 for k in new)
+    assert all(grown.get_parameter(k).abs().max() == 0 for k in new)
+    with pytest.raises(ValueError, match="already have self-attention"):
+        grown.with_attention((1,))
+    with pytest.raises(ValueError, match="levels 0..1"):
+        parent.with_attention((2,))
+    with pytest.raises(ValueError, match="give it --init-from"):
+        train(_cfg(tiny_npz, cache_path, tmp_path / "s4", max_steps=1, grow_attention=(1,)))

@@ -175,15 +175,13 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         attention block is residual (x + out(attn(x))) and its output projection starts at zero, so a model grown
         this way continues from its parent's quality instead of restarting (function-preserving growth, as in
         Net2Net, Chen et al. 2016). The new blocks then learn in the next stint."""
-        levels = tuple(sorted(set(levels)))
-        have, n = tuple(self.config.attention_levels), len(self.config.block_out_channels)
-        bad = [lv for lv in levels if not 0 <= lv < n]
-        if bad:
+        levels, have, n = set(levels), set(self.config.attention_levels), len(self.config.block_out_channels)
+        if bad := sorted(lv for lv in levels if not 0 <= lv < n):
             raise ValueError(f"attention level(s) {bad} do not exist: this UNet has levels 0..{n - 1}")
-        if twice := sorted(set(levels) & set(have)):
-            raise ValueError(f"level(s) {twice} already have self-attention (the model has {list(have)})")
+        if twice := sorted(levels & have):
+            raise ValueError(f"level(s) {twice} already have self-attention (the model has {sorted(have)})")
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        grown = RCDMUNet(**{**config, "attention_levels": tuple(sorted(set(have) | set(levels)))})
+        grown = RCDMUNet(**{**config, "attention_levels": tuple(sorted(have | levels))})
         missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
         assert not unexpected and all(".attentions." in k for k in missing), (missing, unexpected)
         for name, module in grown.named_modules():

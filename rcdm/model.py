@@ -188,7 +188,9 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
             if name.endswith("to_out.0") and f"{name}.weight" in missing:  # only the new blocks' projections
                 nn.init.zeros_(module.weight)
                 nn.init.zeros_(module.bias)
-        return grown.to(device=self.device, dtype=self.dtype)
+        grown.to(self.device)
+        # only cast when needed: ModelMixin.to(dtype=...) warns even when the dtype does not change
+        return grown if grown.dtype == self.dtype else grown.to(dtype=self.dtype)
 
     def forward(self, sample, timestep, embedding, drop_mask=None, return_dict=True):
         """sample (B, 3, R, R), timestep (B,) or scalar, embedding (B, D), drop_mask (B,) bool or None."""

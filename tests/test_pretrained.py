@@ -64,6 +64,15 @@ def test_card_states_the_recorded_training(name):
     assert f"= {total:,} |" in card, f"{name}/README.md: stint table should end at {total:,}"
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_card_states_the_recorded_sampler(name):
+    """The card names the sampler the pipeline records, so switching the default cannot leave the card stale."""
+    meta = read_meta(name)
+    steps = meta["sampling"]["num_inference_steps"]
+    stated = f"Sampler recorded in the pipeline: **{meta['scheduler'].upper()}, {steps} steps**"
+    assert stated in (ROOT / name / "README.md").read_text(), f"{name}/README.md should say: {stated}"
+
+
 def test_encoder_card_states_the_recorded_knn():
     """The encoder card quotes the kNN top-1 its last stint recorded, which meets the 60% backbone goal."""
     stints = json.loads((ROOT / "simclr-cifar10-r18w32" / "config.json").read_text())["training"]["stints"]

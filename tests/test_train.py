@@ -19,6 +19,8 @@ from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
+from rcdm.sampling import DEFAULT_SAMPLING
+from rcdm.schedulers import scheduler_name
 from rcdm.train import PRESETS, BatchPlan, TrainConfig, make_lr_schedule, plan_batch, train
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
@@ -117,6 +119,10 @@ def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):
     assert len(imgs) == 4 and imgs[0].size == (32, 32)
     assert (tmp_path / "run/samples/step-0000002.png").is_file()
     assert "cmd" in (out / "README.md").read_text() and pipe.training_info["steps"] == 2
+    # A new model records the package's default sampler (DDIM-20, unguided), as its saved scheduler config says.
+    assert scheduler_name(pipe.scheduler) == DEFAULT_SAMPLING["scheduler"] == "ddim"
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "DDIMScheduler"
+    assert pipe.sampling_defaults == {"num_inference_steps": 20, "guidance_scale": 1.0}
 
 
 def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tiny_npz, cache_path):

@@ -98,7 +98,8 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (slow first steps; "
                                                            "unmeasured on GPUs)"})
     sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps (0 = off)"})
-    sample_steps: int = field(default=20, metadata={"help": "sampler steps for logged sample grids (the default sampler, DDIM)"})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for logged sample grids (the default sampler, "
+                                                            f"{DEFAULT_SAMPLING['scheduler'].upper()})"})
     eval_data: str = field(default="auto", metadata={
         "help": "held-out images for the sample grids and --eval-every: a data spec; 'auto' = the test split of a "
                 "training .npz that has one, else grids show training images; 'none' = off"})

@@ -73,6 +73,17 @@ def test_card_states_the_recorded_sampler(name):
     assert stated in (ROOT / name / "README.md").read_text(), f"{name}/README.md should say: {stated}"
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_scheduler_config_names_the_recorded_sampler(name):
+    """rcdm's loader reads the record, but `DDIMScheduler.from_pretrained(..., subfolder="scheduler")` by hand reads
+    scheduler_config.json: both must name the same sampler (a stint installed by hand once left them disagreeing)."""
+    from rcdm.schedulers import SCHEDULERS
+
+    recorded = read_meta(name)["scheduler"]
+    config = json.loads((ROOT / name / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == SCHEDULERS[recorded][0].__name__, (name, recorded, config["_class_name"])
+
+
 def test_encoder_card_states_the_recorded_knn():
     """The encoder card quotes the kNN top-1 its last stint recorded, which meets the 60% backbone goal."""
     stints = json.loads((ROOT / "simclr-cifar10-r18w32" / "config.json").read_text())["training"]["stints"]

@@ -7,6 +7,7 @@ import torch
 from rcdm import RCDMPipeline, Sampling, load_encoder
 from rcdm.evaluate import evaluate
 from rcdm.pipeline import pretrained_root, read_meta
+from rcdm.schedulers import SCHEDULERS
 
 pytestmark = pytest.mark.slow  # the shipped models, sampled and evaluated at full size
 
@@ -77,8 +78,6 @@ def test_card_states_the_recorded_sampler(name):
 def test_scheduler_config_names_the_recorded_sampler(name):
     """rcdm's loader reads the record, but `DDIMScheduler.from_pretrained(..., subfolder="scheduler")` by hand reads
     scheduler_config.json: both must name the same sampler (a stint installed by hand once left them disagreeing)."""
-    from rcdm.schedulers import SCHEDULERS
-
     recorded = read_meta(name)["scheduler"]
     config = json.loads((ROOT / name / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == SCHEDULERS[recorded][0].__name__, (name, recorded, config["_class_name"])

@@ -777,16 +777,19 @@ def init_training_info(cfg: TrainConfig) -> dict:
     return read_meta(cfg.init_from).get("training") or {}
 
 
+def runs_behind(training: dict) -> list[dict]:
+    """The runs ({command, steps}) behind a model's weights, oldest first, from its `training` record."""
+    if "history" in training:
+        return list(training["history"])
+    # a model exported before histories were recorded, or none at all
+    return [{"command": training["command"], "steps": training["steps"]}] if "steps" in training else []
+
+
 def lineage(prev: dict, command: str, steps: int) -> list[dict]:
     """Every run ({command, steps}) a model descends from via --init-from, oldest first, this one last.
 
     `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
-    if "history" in prev:
-        history = list(prev["history"])
-    else:  # a model exported before histories were recorded, or none at all
-        history = [{"command": prev["command"], "steps": prev["steps"]}] if "steps" in prev else []
-    history.append({"command": command, "steps": steps})
-    return history
+    return runs_behind(prev) + [{"command": command, "steps": steps}]
 
 
 def relocate_spec(spec: str, out_dir: Path) -> str:

@@ -1,9 +1,15 @@
-"""benchmarks/sampler_nfe.py on a tiny model: sampler specs, measured NFE (a guided step costs 2), CSV and plot."""
+"""benchmarks/: sampler_nfe.py on a tiny model (sampler specs, measured NFE, CSV and plot) and weight_average.py."""
 import csv
+import json
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from rcdm import RCDMPipeline
+from conftest import make_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +42,44 @@ def test_sampler_benchmark_measures_nfe_and_writes_csv_and_png(tiny_pipeline_dir
     assert [int(r["num_images"]) for r in rows] == [4, 4] and [int(r["offset"]) for r in rows] == [2, 2]
     assert [float(r["guidance"]) for r in rows] == [1.0, 2.0]
     assert out_png.stat().st_size > 10_000
+
+
+
+def _with_history(pipe_dir, runs):
+    meta_path = pipe_dir / "rcdm_pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    meta["training"] = {"command": runs[-1][0], "steps": runs[-1][1],
+                        "history": [{"command": c, "steps": s} for c, s in runs]}
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_encoder_dir):
+    wa = _load("weight_average")
+    a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, seed=0)
+    b = make_tiny_pipeline(tmp_path / "b", tiny_encoder_dir, seed=1)
+    _with_history(a, [("parent", 100), ("branch a", 30)])
+    _with_history(b, [("parent", 100), ("branch b", 7)])
+    wa.main([str(tmp_path / "soup"), str(a), str(b), "--weight-a", "0.25"])
+
+    sa, sb, soup = (load_file(d / wa.WEIGHTS) for d in (a, b, tmp_path / "soup"))
+    assert any((sa[k] != sb[k]).any() for k in sa)  # seeds differ, so the mean is not trivially either input
+    for k in sa:
+        torch.testing.assert_close(soup[k], 0.25 * sa[k] + 0.75 * sb[k])
+    runs = json.loads((tmp_path / "soup" / "rcdm_pipeline.json").read_text())["training"]["history"]
+    assert [(r["command"], r["steps"]) for r in runs[:3]] == [("parent", 100), ("branch a", 30), ("branch b", 7)]
+    assert runs[3]["steps"] == 0 and "weight_average.py" in runs[3]["command"] and "0.25" in runs[3]["command"]
+    assert not (tmp_path / "soup.tmp").exists()
+    RCDMPipeline.from_pretrained(tmp_path / "soup")  # the result loads as a model
+
+
+def test_weight_average_refuses_other_representations_and_existing_output(tmp_path, tiny_encoder_dir):
+    wa = _load("weight_average")
+    a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, layer="backbone")
+    p = make_tiny_pipeline(tmp_path / "p", tiny_encoder_dir, layer="projector")
+    with pytest.raises(SystemExit, match="different representations"):
+        wa.main([str(tmp_path / "soup"), str(a), str(p)])
+    with pytest.raises(SystemExit, match="not an exported rcdm pipeline"):
+        wa.main([str(tmp_path / "soup"), str(a), str(tmp_path)])
+    with pytest.raises(SystemExit):  # argparse's error: exit status 2, message on stderr
+        wa.main([str(a), str(a), str(a)])
+    assert not (tmp_path / "soup").exists()

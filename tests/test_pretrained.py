@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow  # the shipped models, sampled and evaluated at fu
 ROOT = pretrained_root()
 MODELS = {"rcdm-cifar10-backbone": ("backbone", 256), "rcdm-cifar10-projector": ("projector", 128)}
 # Mean rank of 50 held-out test images with one sample each at the model's recorded default (DDIM-20 since
-# session 11, no guidance); chance is 25.5. Measured on these 50 (float32, this test's call): backbone stint 13 1.04,
-# projector stint 11 1.16 (their predecessors: 1.06 and 1.18; their 200-image DDIM-20 bf16 scores: 1.23 / 89.0% and
-# 2.015 / 70.0%). The thresholds leave a ~1.7-1.9x margin
+# session 11, no guidance); chance is 25.5. Measured on these 50 (float32, this test's call) for the session-14
+# weight averages: backbone 1.02, projector 1.14 (their predecessors: 1.04 and 1.16; their 200-image DDIM-20 bf16
+# scores: 1.21 / 91.0% and 1.91 / 73.0%). The thresholds leave a ~1.75-2x margin
 # for platform round-off, yet a model that ignores its embedding (about 25), a broken loader or a broken recorded
 # sampler fails them.
 MAX_MEAN_RANK_50 = {"rcdm-cifar10-backbone": 2.0, "rcdm-cifar10-projector": 2.0}

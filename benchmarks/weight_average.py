@@ -2,7 +2,7 @@
 
 Two fine-tunes from one parent sit in one loss basin, so their weighted mean is a model too; it can keep most of one
 stint's fidelity gain while taking the other's lower FD. The output copies pipeline A (encoder record, scheduler,
-sampling defaults) and replaces its UNet weights with `w * A + (1 - w) * B`. Its training history is A's, then the
+sampling defaults; a relative encoder path is re-aimed from the new directory) and replaces its UNet weights with `w * A + (1 - w) * B`. Its training history is A's, then the
 runs of B's branch that A lacks, then this average as a run of 0 steps, so the stint table still sums every optimizer
 step behind the weights.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from rcdm.train import runs_behind
+from rcdm.train import relocate_spec, runs_behind
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -65,6 +65,8 @@ def main(argv=None):
     mean = {k: (w * v.float() + (1 - w) * b[2][k].float()).to(v.dtype).contiguous() for k, v in a[2].items()}
     meta = a[0]
     command = shlex.join(["python", "benchmarks/weight_average.py", *(sys.argv[1:] if argv is None else argv)])
+    # A relative `file:` encoder spec is read from the pipeline's own directory; re-aim it from the new one.
+    meta["encoder"]["spec"] = relocate_spec(meta["encoder"]["spec"], args.out, base=args.a)
     meta.setdefault("training", {}).update(command=command, steps=0, history=merged_history(a[0], b[0], command))
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

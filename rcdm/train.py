@@ -792,11 +792,11 @@ def lineage(prev: dict, command: str, steps: int) -> list[dict]:
     return runs_behind(prev) + [{"command": command, "steps": steps}]
 
 
-def relocate_spec(spec: str, out_dir: Path) -> str:
-    """Rewrite a relative `file:` spec so it resolves from the exported pipeline directory."""
+def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
+    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`."""
     if not spec.startswith("file:") or os.path.isabs(spec[5:]):
         return spec
-    return "file:" + os.path.relpath(Path(spec[5:]).resolve(), out_dir.resolve())
+    return "file:" + os.path.relpath((Path(base) / spec[5:]).resolve(), out_dir.resolve())
 
 
 def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:

@@ -1,7 +1,8 @@
 """benchmarks/: sampler_nfe.py on a tiny model (sampler specs, measured NFE, CSV and plot) and weight_average.py."""
 import csv
-import json
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,11 @@ def test_sampler_benchmark_measures_nfe_and_writes_csv_and_png(tiny_pipeline_dir
     assert out_png.stat().st_size > 10_000
 
 
-
 def _with_history(pipe_dir, runs):
+    """Give a tiny pipeline a training history and, as `rcdm train` writes it, a relative encoder path."""
     meta_path = pipe_dir / "rcdm_pipeline.json"
     meta = json.loads(meta_path.read_text())
+    meta["encoder"]["spec"] = "file:" + os.path.relpath(meta["encoder"]["spec"][5:], pipe_dir)
     meta["training"] = {"command": runs[-1][0], "steps": runs[-1][1],
                         "history": [{"command": c, "steps": s} for c, s in runs]}
     meta_path.write_text(json.dumps(meta))
@@ -59,17 +61,19 @@ def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_e
     b = make_tiny_pipeline(tmp_path / "b", tiny_encoder_dir, seed=1)
     _with_history(a, [("parent", 100), ("branch a", 30)])
     _with_history(b, [("parent", 100), ("branch b", 7)])
-    wa.main([str(tmp_path / "soup"), str(a), str(b), "--weight-a", "0.25"])
+    out = tmp_path / "deeper" / "soup"  # another depth, so a copied relative encoder path would break
+    out.parent.mkdir()
+    wa.main([str(out), str(a), str(b), "--weight-a", "0.25"])
 
-    sa, sb, soup = (load_file(d / wa.WEIGHTS) for d in (a, b, tmp_path / "soup"))
+    sa, sb, soup = (load_file(d / wa.WEIGHTS) for d in (a, b, out))
     assert any((sa[k] != sb[k]).any() for k in sa)  # seeds differ, so the mean is not trivially either input
     for k in sa:
         torch.testing.assert_close(soup[k], 0.25 * sa[k] + 0.75 * sb[k])
-    runs = json.loads((tmp_path / "soup" / "rcdm_pipeline.json").read_text())["training"]["history"]
+    runs = json.loads((out / "rcdm_pipeline.json").read_text())["training"]["history"]
     assert [(r["command"], r["steps"]) for r in runs[:3]] == [("parent", 100), ("branch a", 30), ("branch b", 7)]
     assert runs[3]["steps"] == 0 and "weight_average.py" in runs[3]["command"] and "0.25" in runs[3]["command"]
-    assert not (tmp_path / "soup.tmp").exists()
-    RCDMPipeline.from_pretrained(tmp_path / "soup")  # the result loads as a model
+    assert not (out.parent / "soup.tmp").exists()
+    RCDMPipeline.from_pretrained(out)  # the result loads as a model, encoder included
 
 
 def test_weight_average_refuses_other_representations_and_existing_output(tmp_path, tiny_encoder_dir):

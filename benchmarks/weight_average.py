@@ -2,9 +2,9 @@
 
 Two fine-tunes from one parent sit in one loss basin, so their weighted mean is a model too; it can keep most of one
 stint's fidelity gain while taking the other's lower FD. The output copies pipeline A (encoder record, scheduler,
-sampling defaults; a relative encoder path is re-aimed from the new directory) and replaces its UNet weights with `w * A + (1 - w) * B`. Its training history is A's, then the
-runs of B's branch that A lacks, then this average as a run of 0 steps, so the stint table still sums every optimizer
-step behind the weights.
+sampling defaults; a relative encoder path is re-aimed from the new directory) and replaces its UNet weights with
+`w * A + (1 - w) * B`. Its training history is A's, then the runs of B's branch that A lacks, then this average as a
+run of 0 steps, so the stint table still sums every optimizer step behind the weights.
 
     python benchmarks/weight_average.py runs/soup runs/stint16/pipeline runs/stint15/pipeline --weight-a 0.6667
 """

@@ -76,7 +76,7 @@ def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_e
     RCDMPipeline.from_pretrained(out)  # the result loads as a model, encoder included
 
 
-def test_weight_average_refuses_other_representations_and_existing_output(tmp_path, tiny_encoder_dir):
+def test_weight_average_refuses_other_representations_and_existing_output(tmp_path, tiny_encoder_dir, capsys):
     wa = _load("weight_average")
     a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, layer="backbone")
     p = make_tiny_pipeline(tmp_path / "p", tiny_encoder_dir, layer="projector")
@@ -86,4 +86,5 @@ def test_weight_average_refuses_other_representations_and_existing_output(tmp_pa
         wa.main([str(tmp_path / "soup"), str(a), str(tmp_path)])
     with pytest.raises(SystemExit):  # argparse's error: exit status 2, message on stderr
         wa.main([str(a), str(a), str(a)])
+    assert "exists; choose a new directory" in capsys.readouterr().err
     assert not (tmp_path / "soup").exists()

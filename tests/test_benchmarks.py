@@ -45,6 +45,22 @@ def test_sampler_benchmark_measures_nfe_and_writes_csv_and_png(tiny_pipeline_dir
     assert out_png.stat().st_size > 10_000
 
 
+def test_choosing_scores_every_model_and_seed_on_the_same_noise(tiny_pipeline_dir, cifar_npz, tmp_path, capsys):
+    choosing = _load("choosing")
+    out_csv = tmp_path / "c.csv"
+    choosing.main(["--model", f"a=b={tiny_pipeline_dir}", str(tiny_pipeline_dir), "--data", f"{cifar_npz}:test",
+                   "--num-images", "4", "--offset", "2", "--seeds", "0", "1", "--sampler", "ddim:3",
+                   "--out-csv", str(out_csv)])
+    rows = list(csv.DictReader(open(out_csv)))
+    assert [(r["model"], r["seed"]) for r in rows] == [("a=b", "0"), ("a=b", "1"), (str(tiny_pipeline_dir), "0"),
+                                                        (str(tiny_pipeline_dir), "1")]
+    assert {(r["sampler"], r["num_images"], r["offset"], r["layer"]) for r in rows} == {("ddim-3", "4", "2", "backbone")}
+    # one model under two labels: the same noise per seed gives the same numbers, and the seeds differ
+    assert [rows[0][k] for k in ("mean_rank", "fd")] == [rows[2][k] for k in ("mean_rank", "fd")]
+    assert rows[0]["fd"] != rows[1]["fd"]
+    assert "a=b: 2 seeds" in capsys.readouterr().out
+
+
 def _with_history(pipe_dir, runs):
     """Give a tiny pipeline a training history and, as `rcdm train` writes it, a relative encoder path."""
     meta_path = pipe_dir / "rcdm_pipeline.json"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from rcdm.train import relocate_spec, runs_behind
+from rcdm.pipeline import relocate_spec
+from rcdm.train import runs_behind
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 

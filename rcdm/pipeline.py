@@ -90,6 +90,7 @@ class RCDMPipeline(DiffusionPipeline):
         self.training_info: dict = {}
         self.sampling_defaults: dict = dict(DEFAULT_SAMPLING)
         self.prior = None  # an rcdm.prior.Prior over h, for unconditional sampling (`set_prior`)
+        self.spec_base = Path(".")  # where a relative `file:` encoder spec is read from: its model dir, once loaded
 
     def set_prior(self, prior) -> None:
         """Attach a prior p(h) (rcdm.prior.Prior); refused if it draws embeddings of another size."""
@@ -141,6 +142,7 @@ class RCDMPipeline(DiffusionPipeline):
                                DDPMScheduler.load_config(path / "scheduler"))  # any scheduler class reads it
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
+        pipe.spec_base = path
         pipe.sampling_defaults = _checked_sampling(meta.get("sampling", {}), path)
         if (path / "prior" / "config.json").is_file():
             from .prior import Prior
@@ -158,7 +160,10 @@ class RCDMPipeline(DiffusionPipeline):
         unet = self.unet if dtype is None else _copy_to_dtype(self.unet, dtype)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(tmp / "scheduler")
-        meta = {"format": FORMAT, "encoder": self.encoder.config(), "resolution": self.resolution,
+        enc = self.encoder.config()
+        # a relative spec must still name the same encoder when read from the new directory
+        enc["spec"] = relocate_spec(enc["spec"], out, base=self.spec_base)
+        meta = {"format": FORMAT, "encoder": enc, "resolution": self.resolution,
                 "pixel_range": [-1.0, 1.0], "prediction_type": self.unet.config.prediction_type,
                 "scheduler": scheduler_name(self.scheduler), "sampling": self.sampling_defaults,
                 "training": training or self.training_info}
@@ -270,6 +275,13 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+
+
+def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
+    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`."""
+    if not spec.startswith("file:") or os.path.isabs(spec[5:]):
+        return spec
+    return "file:" + os.path.relpath((Path(base) / spec[5:]).resolve(), Path(out_dir).resolve())
 
 
 def denoiser_class(unet_dir: Path):

@@ -753,16 +753,12 @@ def export(acc, cfg, unet, ema, cache, step, command: str, encoder=None) -> Path
     out = Path(cfg.output_dir) / "pipeline"
     if acc.is_main_process:
         pipe = ema_pipeline(acc, cfg, ema, unet, cache, encoder)
-        spec, pipe.encoder.spec = pipe.encoder.spec, relocate_spec(pipe.encoder.spec, out)
         info = {"command": command, "steps": step, "config": dataclasses.asdict(cfg),
                 "batch": {"num_processes": acc.num_processes, "per_device": cfg.batch_size,
                           "grad_accum": cfg.grad_accum, "global": acc.num_processes * cfg.batch_size * cfg.grad_accum},
                 "cache": {k: cache.meta[k] for k in ("data", "fingerprint", "views", "num_bad")}}
         info["history"] = lineage(init_training_info(cfg), command, step)
-        try:
-            pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)
-        finally:
-            pipe.encoder.spec = spec
+        pipe.save_pretrained(out, dtype=getattr(torch, cfg.export_dtype), training=info)  # re-aims a relative spec
         write_model_card(out, info, cache)
     acc.wait_for_everyone()
     return out
@@ -790,13 +786,6 @@ def lineage(prev: dict, command: str, steps: int) -> list[dict]:
 
     `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
     return runs_behind(prev) + [{"command": command, "steps": steps}]
-
-
-def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
-    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`."""
-    if not spec.startswith("file:") or os.path.isabs(spec[5:]):
-        return spec
-    return "file:" + os.path.relpath((Path(base) / spec[5:]).resolve(), out_dir.resolve())
 
 
 def write_model_card(out: Path, info: dict, cache: EmbeddingCache) -> None:

@@ -104,6 +104,25 @@ def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):
     assert calls == [24] * 5  # 3 inputs x 4 samples x (cond + null)
 
 
+def test_saving_elsewhere_re_aims_a_relative_encoder_path(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """A model whose encoder is `file:../encoder` (as the shipped ones are) and that is saved at another depth must
+    still name the same encoder: the spec was once copied verbatim and then pointed at nothing."""
+    import shutil
+
+    shutil.copytree(tiny_pipeline_dir, tmp_path / "a" / "model")
+    meta_path = tmp_path / "a" / "model" / "rcdm_pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    shutil.copytree(meta["encoder"]["spec"][5:], tmp_path / "a" / "encoder")
+    meta["encoder"]["spec"] = "file:../encoder"
+    meta_path.write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path)  # the working directory is neither the model's nor the encoder's parent
+    RCDMPipeline.from_pretrained(tmp_path / "a" / "model").save_pretrained(tmp_path / "b" / "c" / "copy")
+    saved = json.loads((tmp_path / "b" / "c" / "copy" / "rcdm_pipeline.json").read_text())
+    assert saved["encoder"]["spec"] == "file:../../../a/encoder"
+    again = RCDMPipeline.from_pretrained(tmp_path / "b" / "c" / "copy")  # checks the encoder's fingerprint too
+    assert again.encoder.dim == meta["encoder"]["dim"]
+
+
 def test_recorded_sampling_defaults_travel_with_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):
     from rcdm.pipeline import recorded_sampling
 

@@ -34,7 +34,7 @@ def parse_samplers(text: str) -> list[tuple[str, int, float]]:
     The optional third field gG is a classifier-free guidance scale; a guided step costs 2 NFE."""
     out = []
     for item in text.split(","):
-        m = re.fullmatch(r"([\w+]+):(\d+)(?::g(\d+(?:\.\d*)?))?", item.strip())
+        m = re.fullmatch(r"([\w+-]+):(\d+)(?::g(\d+(?:\.\d*)?))?", item.strip())
         if m is None:
             raise ValueError(f"sampler {item!r}: expected NAME:STEPS or NAME:STEPS:gSCALE, e.g. ddim:50 or ddim:25:g2")
         out.append((m[1], int(m[2]), float(m[3] or 1.0)))

@@ -15,6 +15,13 @@ SCHEDULERS = {
     "ddim": (DDIMScheduler, {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_THRESHOLD}),
     "unipc": (UniPCMultistepScheduler, {"solver_order": 2, **_THRESHOLD}),
+    # DDIM (= first-order DPM-Solver++, Lu et al. 2022, Sec. 4.1) on steps uniform in log-SNR instead of in t
+    # (their Sec. 3.3): at 20 steps the uniform-t grid spends too few steps where the image is still noisy.
+    "ddim-logsnr": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 1,
+                                                  "use_lu_lambdas": True, **_THRESHOLD}),
+    # the second-order SDE solver (Lu et al. 2022b, DPM-Solver++(2M) SDE): fresh noise each step, like DDPM
+    "sde-dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                **_THRESHOLD}),
 }
 
 
@@ -43,8 +50,8 @@ def make_scheduler(name: str, config):
 
 
 def scheduler_name(scheduler) -> str:
-    """Inverse of `make_scheduler` for the classes it builds."""
-    for name, (cls, _) in SCHEDULERS.items():
-        if type(scheduler) is cls:
+    """Inverse of `make_scheduler`: the name whose class and settings the scheduler has (several share a class)."""
+    for name, (cls, extra) in SCHEDULERS.items():
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in extra.items()):
             return name
     return type(scheduler).__name__

@@ -9,7 +9,7 @@ from PIL import Image
 
 from rcdm import RCDMPipeline, load_encoder
 from rcdm.data import ImageError, open_image
-from rcdm.schedulers import SCHEDULERS, make_scheduler
+from rcdm.schedulers import SCHEDULERS, make_scheduler, scheduler_name, training_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,36 @@ def test_every_scheduler_runs_and_stays_in_range(pipe, name):
         assert torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-4, (name, x.abs().max())
     finally:
         pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_sampler_is_recorded_and_reloaded_under_its_own_name(tiny_pipeline_dir, tmp_path, name):
+    """Three samplers share DPMSolverMultistepScheduler; the saved name must still be the one that was chosen."""
+    p = RCDMPipeline.from_pretrained(tiny_pipeline_dir, scheduler=name)
+    p.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())["scheduler"] == name
+    assert scheduler_name(RCDMPipeline.from_pretrained(tmp_path / "m").scheduler) == name
+
+
+def test_ddim_logsnr_steps_are_uniform_in_log_snr_and_ddim_steps_in_t():
+    """Lu et al. 2022, Sec. 3.3: the grid is uniform in lambda = log(alpha / sigma), not in t."""
+    train = training_scheduler()
+    lam = 0.5 * torch.log(train.alphas_cumprod / (1 - train.alphas_cumprod)).double()  # lambda at each t
+
+    def relative_spread(name, of_lambda):
+        s = make_scheduler(name, train.config)
+        s.set_timesteps(20)
+        t = s.timesteps.long()
+        assert len(t) == 20 and t[0] == 999, (name, t)
+        gaps = torch.diff(lam[t] if of_lambda else t.double())
+        return (gaps.std() / gaps.abs().mean()).item()
+
+    # relative spread of the gaps, measured: 0.07 in lambda and 0.64 in t for ddim-logsnr (integer timesteps round
+    # its grid), 0.31 in lambda and 0 in t for ddim
+    assert relative_spread("ddim-logsnr", of_lambda=True) < 0.12
+    assert relative_spread("ddim-logsnr", of_lambda=False) > 0.5
+    assert relative_spread("ddim", of_lambda=False) < 0.01
+    assert relative_spread("ddim", of_lambda=True) > 0.25
 
 
 def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):

@@ -15,8 +15,8 @@ ROOT = pretrained_root()
 MODELS = {"rcdm-cifar10-backbone": ("backbone", 256), "rcdm-cifar10-projector": ("projector", 128)}
 # Mean rank of 50 held-out test images with one sample each at the model's recorded default (ddim-logsnr-20 since
 # session 17, DDIM-20 from session 11; no guidance); chance is 25.5. Measured on these 50 (float32, this test's call)
-# with ddim-logsnr-20: backbone 1.04, projector 1.10 (DDIM-20: 1.02 and 1.14; their 200-image bf16 scores, seed 0:
-# 1.205 / 91.5% and 1.78 / 72.0%). The thresholds leave a ~1.8-1.9x margin
+# with ddim-logsnr-20: backbone (stint 21) 1.02, projector 1.10 (DDIM-20, before: 1.02 and 1.14; their 200-image
+# bf16 scores, seed 0: 1.17 / 92.0% and 1.78 / 72.0%). The thresholds leave a ~1.8-1.9x margin
 # for platform round-off, yet a model that ignores its embedding (about 25), a broken loader or a broken recorded
 # sampler fails them.
 MAX_MEAN_RANK_50 = {"rcdm-cifar10-backbone": 2.0, "rcdm-cifar10-projector": 2.0}

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
+from .align import alignment_loss
 from .schedulers import training_scheduler
 
 
 @dataclass
 class RCDMLoss:
     """MSE on eps or v with min-SNR-gamma weighting (Hang et al. 2023, Eq. 8), condition dropout for
-    classifier-free guidance, plus the mean decoder's MSE. Timesteps, noise and dropout are drawn from
+    classifier-free guidance, plus the mean decoder's MSE and, optionally, REPA's alignment term (rcdm.align). Timesteps, noise and dropout are drawn from
     `generator` in that order, so a seeded generator fixes the loss exactly."""
 
     prediction_type: str = "v_prediction"  # "epsilon" or "v_prediction": the target the UNet regresses
@@ -22,6 +23,8 @@ class RCDMLoss:
     cond_drop_prob: float = 0.1            # P(h -> learned null embedding)
     mean_loss_weight: float = 1.0          # weight of D(h)'s MSE to x0 (only if the UNet has a mean decoder)
     noise_scheduler: object = field(default=None, repr=False)  # forward process; default: the training schedule
+    align_target: object = field(default=None, repr=False)  # REPA: x0 -> frozen encoder map (rcdm.align.SpatialTarget)
+    align_weight: float = 0.0              # lambda of the REPA term (Yu et al. 2024 use 0.5)
 
     def __post_init__(self):
         if self.noise_scheduler is None:
@@ -44,6 +47,8 @@ class RCDMLoss:
         loss = (per_sample * self.weight(t)).mean()
         if out.mean is not None:
             loss = loss + self.mean_loss_weight * F.mse_loss(out.mean.float(), x0.float())
+        if self.align_weight and getattr(out, "align", None) is not None:
+            loss = loss + self.align_weight * alignment_loss(out.align, self.align_target(x0))
         return loss
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:

@@ -23,13 +23,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from .align import projector
+
 
 @dataclass
 class RCDMUNetOutput(BaseOutput):
-    """`sample`: the eps or v prediction (B, 3, R, R). `mean`: D(h), the mean-decoder image, or None."""
+    """`sample`: the eps or v prediction (B, 3, R, R). `mean`: D(h), the mean-decoder image, or None. `align`: the
+    REPA projection of the mid-block features, or None."""
 
     sample: torch.Tensor
     mean: torch.Tensor | None = None
+    align: torch.Tensor | None = None  # REPA projector output (B, C_enc, r, r), in training mode only
 
 
 @dataclass
@@ -53,8 +57,10 @@ class UNetConfig:
     learn_sigma: bool = field(default=False, metadata={"help": "adm: learned variance (6 output channels, hybrid "
                                                                "loss, read by the DDPM sampler)"})
 
-    def build(self, embedding_dim: int, sample_size: int, null_embedding: bool = True):
-        """The denoiser this config describes, freshly initialised."""
+    def build(self, embedding_dim: int, sample_size: int, null_embedding: bool = True, align_dim: int = 0):
+        """The denoiser this config describes, freshly initialised; `align_dim` > 0 adds a REPA projector."""
+        if self.arch == "adm" and align_dim:
+            raise ValueError("REPA alignment (--repa-weight) is implemented for the rcdm UNet only, not --arch adm")
         if self.arch == "adm":
             from .adm import ADMUNet
 
@@ -73,7 +79,7 @@ class UNetConfig:
                         block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
                         attention_levels=tuple(self.attention_levels), attention_head_dim=self.attention_head_dim,
                         norm_num_groups=self.norm_num_groups, dropout=self.dropout, mean_decoder=self.mean_decoder,
-                        prediction_type=self.prediction_type)
+                        prediction_type=self.prediction_type, align_dim=align_dim)
 
 
 class MeanDecoder(nn.Module):
@@ -153,6 +159,7 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         dropout: float = 0.0,                         # ResBlock dropout
         mean_decoder: bool = True,                    # concatenate D(h) to the UNet input
         prediction_type: str = "v_prediction",        # "epsilon" or "v_prediction"
+        align_dim: int = 0,                           # REPA: channels of the encoder map the mid-block aligns to
     ):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -169,6 +176,17 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         )
         self.init_condition(embedding_dim, learned_null=True)
         self.decoder = MeanDecoder(embedding_dim, sample_size) if mean_decoder else None
+        # REPA (rcdm.align): the mid-block, the deepest map, is projected to the encoder's width during training
+        self.align_head = projector(block_out_channels[-1], align_dim) if align_dim else None
+
+    def with_align_head(self, align_dim: int) -> "RCDMUNet":
+        """A copy with a freshly initialised REPA projector of `align_dim` outputs (the denoiser is unchanged)."""
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        grown = RCDMUNet(**{**config, "align_dim": align_dim})
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("align_head.")}
+        missing, unexpected = grown.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.startswith("align_head.") for k in missing), (missing, unexpected)
+        return grown.to(device=self.device, dtype=self.dtype)
 
     def with_attention(self, levels) -> "RCDMUNet":
         """A copy with self-attention added at `levels` that computes exactly the same function: every new
@@ -197,5 +215,13 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         h = self.condition(embedding, drop_mask)  # (B, D)
         mean = self.decoder(h) if self.decoder is not None else None  # (B, 3, R, R)
         x = torch.cat([sample, mean.to(sample.dtype)], dim=1) if mean is not None else sample  # (B, 3|6, R, R)
-        out = self.unet(x, timestep, encoder_hidden_states=None, class_labels=h).sample  # (B, 3, R, R)
-        return RCDMUNetOutput(sample=out, mean=mean) if return_dict else (out, mean)
+        mid, hook = {}, None
+        if self.align_head is not None and self.training:
+            hook = self.unet.mid_block.register_forward_hook(lambda m, args, output: mid.__setitem__("map", output))
+        try:
+            out = self.unet(x, timestep, encoder_hidden_states=None, class_labels=h).sample  # (B, 3, R, R)
+        finally:
+            if hook is not None:
+                hook.remove()
+        align = self.align_head(mid["map"]) if mid else None  # (B, C_enc, R/2^(L-1), R/2^(L-1))
+        return RCDMUNetOutput(sample=out, mean=mean, align=align) if return_dict else (out, mean)

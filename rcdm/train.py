@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .align import SpatialTarget
 from .cache import VIEWS, EmbeddingCache, apply_view
 from .config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
 from .images import resize_center_crop, to_pil
@@ -54,6 +55,11 @@ class TrainConfig:
     snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR-gamma loss weighting (0 = uniform)"})
     beta_schedule: str = field(default="linear", metadata={"help": "noise schedule (diffusers beta_schedule)"})
     cond_drop_prob: float = field(default=0.1, metadata={"help": "P(embedding -> null) for classifier-free guidance"})
+    repa_weight: float = field(default=0.0, metadata={
+        "help": "weight of the REPA term (Yu et al. 2024): the UNet's mid-block, through a small projector, is "
+                "aligned (cosine per location) with the frozen encoder's feature map of the clean image; 0 = off"})
+    repa_layer: str = field(default="backbone.layer4", metadata={
+        "help": "encoder module whose (B, C, h, w) output is the REPA target (default: a ResNet's last stage)"})
     batch_size: int = field(default=32, metadata={"help": "images per process per micro-batch; with "
                                                           "--global-batch-size, the largest one allowed"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps (derived when "
@@ -149,10 +155,10 @@ class PairedDataset(torch.utils.data.Dataset):
 
 
 # -------------------------------------------------------------------------------------------------- objective
-def make_loss(cfg: TrainConfig, unet) -> RCDMLoss:
+def make_loss(cfg: TrainConfig, unet, align_target=None) -> RCDMLoss:
     """The objective for this run; the target is the UNet's own (an --init-from model fixes it)."""
     return RCDMLoss(unet.config.prediction_type, cfg.snr_gamma, cfg.cond_drop_prob, cfg.mean_loss_weight,
-                    noise_schedule(cfg, unet))
+                    noise_schedule(cfg, unet), align_target=align_target, align_weight=cfg.repa_weight)
 
 
 def noise_schedule(cfg: TrainConfig, unet):
@@ -213,7 +219,8 @@ def apply_global_batch(cfg: TrainConfig, num_processes: int) -> tuple[TrainConfi
 
 
 # -------------------------------------------------------------------------------------------------- setup
-def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
+def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache, align_dim: int = 0):
+    """A fresh denoiser, or the --init-from one; `align_dim` > 0 gives it a REPA projector (kept if it has one)."""
     if cfg.init_from:
         from .pipeline import denoiser_class, resolve_model_path
 
@@ -229,8 +236,12 @@ def build_unet(cfg: TrainConfig, dim: int, cache: EmbeddingCache):
             if not isinstance(unet, RCDMUNet):
                 raise ValueError(f"--grow-attention needs an RCDMUNet; {cfg.init_from} is a {type(unet).__name__}")
             unet = unet.with_attention(cfg.grow_attention)
+        if align_dim and getattr(unet.config, "align_dim", 0) != align_dim:
+            if not isinstance(unet, RCDMUNet):
+                raise ValueError(f"--repa-weight needs an RCDMUNet; {cfg.init_from} is a {type(unet).__name__}")
+            unet = unet.with_align_head(align_dim)
         return unet
-    unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
+    unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0, align_dim=align_dim)
     mean, std = cache.embedding_stats()  # stored by `rcdm embed`: no full read of the memory-mapped cache
     unet.set_embedding_stats(mean=mean, std=std)
     return unet
@@ -429,14 +440,15 @@ def _train(cfg: TrainConfig, command: str, request: StopRequest) -> Path | None:
     enable_tf32(acc.device)
     cache = EmbeddingCache.load(cfg.cache)
     encoder = load_cache_encoder(cache)  # before the seed: building it may draw from the global RNG
+    align_target = SpatialTarget(encoder.to(acc.device), cfg.repa_layer) if cfg.repa_weight else None
     encoder = encoder if acc.is_main_process else None  # every rank checked it; only the main one samples
     set_seed(cfg.seed)  # same initial weights on every process and every run
-    unet = build_unet(cfg, cache.dim, cache)
+    unet = build_unet(cfg, cache.dim, cache, align_target.channels if align_target else 0)
     if cfg.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     if cfg.compile:
         unet.compile()  # in place: parameter names, the EMA and checkpoints stay those of the eager module
-    loss_fn = make_loss(cfg, unet)
+    loss_fn = make_loss(cfg, unet, align_target)
     opt = make_optimizer(cfg, unet, acc.device)
     lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
     dl = make_dataloader(cfg, cache, pin_memory=acc.device.type == "cuda")

@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
+from .resources import pretrained_root  # where shipped models live (re-exported)
 from .sampling import DEFAULT_SAMPLING as _DEFAULTS
 from .schedulers import make_scheduler, scheduler_name, uses_learned_variance
 
@@ -32,11 +33,6 @@ DEFAULT_MODEL = "rcdm-cifar10-backbone"
 # Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling", beside its
 # "scheduler"), chosen by measuring fidelity per NFE (benchmarks/sampler_nfe.py). One source: rcdm.sampling.
 DEFAULT_SAMPLING = {k: _DEFAULTS[k] for k in ("num_inference_steps", "guidance_scale")}
-
-
-def pretrained_root() -> Path:
-    """Where shipped models live: $RCDM_PRETRAINED, else `pretrained/` beside the package (editable install)."""
-    return Path(os.environ.get("RCDM_PRETRAINED", Path(__file__).resolve().parents[1] / "pretrained"))
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:

@@ -28,7 +28,8 @@ import torch
 
 from .data import check_bad, open_dataset, readable_items
 from .images import resize_center_crop, to_pil, to_uint8
-from .metrics import class_agreement, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats, sample_ranks
+from .metrics import (class_agreement, classifier_scores, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats,
+                      sample_ranks)
 from .sampling import Sampling, sample_batches, sampling_context
 
 FORMAT = "rcdm-metrics/1"
@@ -91,12 +92,13 @@ def train_features(train_data: str, judge, progress: bool = True) -> tuple[torch
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def _sample_and_judge(pipe, refs: References, judge, run: Sampling, inception, progress: bool):
-    """Draw all samples, judge-encode them and stream the per-group pixel spread and the Inception features.
-    Returns ĥ (N*K, D), pixel spreads (N,) or None, and the first NUM_EXAMPLES groups as uint8 (K, 3, R, R)."""
+def _sample_and_judge(pipe, refs: References, judge, run: Sampling, inception, progress: bool, classifier=None):
+    """Draw all samples, judge-encode them and stream the per-group pixel spread, the Inception features and the
+    classifier's (logits, features). Returns ĥ (N*K, D), pixel spreads (N,) or None, the first NUM_EXAMPLES groups
+    as uint8 (K, 3, R, R), and the classifier outputs (or None)."""
     from tqdm.auto import tqdm
 
-    k, h_hat, spread, examples = run.samples_per_image, [], [], []
+    k, h_hat, spread, examples, classified = run.samples_per_image, [], [], [], []
     with tqdm(total=len(refs.indices) * k, desc="sampling", unit="sample", disable=not progress) as bar:
         for a, x in sample_batches(pipe, refs.feats[0], refs.indices, run):
             h_hat.append(judge.encode(x, batch_size=ENCODE_CHUNK).cpu())
@@ -105,9 +107,12 @@ def _sample_and_judge(pipe, refs: References, judge, run: Sampling, inception, p
             x8 = to_uint8(x)
             if inception is not None:
                 inception.update(x8, real=False)
+            if classifier is not None:
+                classified.append(classifier.classify(x8))
             examples += list(x8.split(k))[: max(0, NUM_EXAMPLES - a)]
             bar.update(len(x))
-    return torch.cat(h_hat), torch.cat(spread) if spread else None, examples
+    clf = tuple(torch.cat(t) for t in zip(*classified)) if classified else None
+    return torch.cat(h_hat), torch.cat(spread) if spread else None, examples, clf
 
 
 # ------------------------------------------------------------------------------------------------ Inception
@@ -155,7 +160,7 @@ class InceptionScores:
 # ------------------------------------------------------------------------------------------------ evaluate
 def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judge=None,
              train_data: str | None = None, progress: bool = True, inception_weights: str | None = None,
-             summary_png: str | None = None, offset: int = 0) -> dict:
+             summary_png: str | None = None, offset: int = 0, classifier=None) -> dict:
     """Sample `run.samples_per_image` images from the embedding of each of the first `num_images` items of `data`
     from position `offset` on (a spec for `rcdm.data.open_dataset`; a bare .npz means its test split) and measure
     their fidelity (`rcdm.metrics`). An `offset` gives references disjoint from the first `num_images`, e.g. a set
@@ -163,7 +168,9 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     image with the model's recorded sampler.
 
     `judge` (a FrozenEncoder) scores the samples; default: the pipeline's own encoder. `train_data` (a data spec
-    or an embedding cache of the judge) enables the kNN class agreement. Returns the dict `rcdm evaluate` writes.
+    or an embedding cache of the judge) enables the kNN class agreement. `classifier` (an `rcdm.judge.Judge`)
+    adds the independent classifier's scores under "classifier"; its real-vs-real FD reads the `num_images` items
+    that follow the references. Returns the dict `rcdm evaluate` writes.
     """
     run = (run or Sampling()).resolve(pipe)
     judge = pipe.encoder if judge is None else judge
@@ -173,13 +180,14 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     inception, skipped = InceptionScores.create(inception_weights, refs.thumbs, n * k, pipe.device)
     t1 = time.time()
     with sampling_context(pipe, run) as count:
-        h_hat, spread, examples = _sample_and_judge(pipe, refs, judge, run, inception, progress)
+        h_hat, spread, examples, classified = _sample_and_judge(pipe, refs, judge, run, inception, progress, classifier)
     t2 = time.time()
     metrics = {"format": FORMAT, "data": data, "num_images": n, "offset": offset, "model": _model_info(pipe),
                "sampling": {**asdict(run), "nfe": count["rows"] / (n * k)},
                "judge": judge.config(), **_scores(refs, h_hat, spread, k),
                "class_agreement": _class_agreement(train_data, judge, refs, h_hat, progress),
                "inception": inception.compute(run.seed) if inception is not None else {"skipped": skipped},
+               "classifier": _classifier(classifier, classified, refs, data, pipe.resolution, progress),
                "timing": {"encode_seconds": t1 - t0, "sample_seconds": t2 - t1, "total_seconds": time.time() - t0,
                           "samples_per_second": n * k / (t2 - t1)}}
     if summary_png:
@@ -209,6 +217,24 @@ def _scores(refs: References, h_hat: torch.Tensor, spread, k: int) -> dict:
         "pixel_rms": spread.mean().item(), "feature_cosine": group_cosine_spread(h_hat, k).mean().item()}
     return {"rank": rank_stats(h_ref, h_hat), "fd": fd_stats(h_ref, h_hat), "diversity": div,
             "per_image": {"index": refs.indices.tolist(), "label": refs.labels.tolist(), "rank": ranks.tolist()}}
+
+
+def _classifier(classifier, classified, refs: References, data: str, resolution: int, progress: bool) -> dict:
+    """The independent classifier's scores (rcdm.metrics definition 5), or why they were skipped."""
+    if classifier is None:
+        return {"skipped": "no --classifier given"}
+    if (refs.labels < 0).any():
+        return {"skipped": "the evaluation data has no class labels"}
+    n = len(refs.indices)
+    ds = open_dataset(data, "test")
+    start = int(refs.indices[-1]) + 1  # real images disjoint from the references, as many as there are references
+    real = read_references(ds, n, [], resolution, progress, start).thumbs if start < len(ds) else None
+    logits_ref, feats_ref = classifier.classify(refs.thumbs)
+    feats_real = classifier.classify(real)[1] if real is not None else None
+    scores = classifier_scores(*classified, logits_ref, feats_ref, refs.labels, feats_real)
+    if scores["num_real"] < n:
+        scores["fd_real_note"] = f"only {scores['num_real']} real images follow the references (of {n} wanted)"
+    return {"path": classifier.info.get("path", ""), **scores}
 
 
 def _class_agreement(train_data, judge, refs: References, h_hat, progress) -> dict:
@@ -270,6 +296,10 @@ def add_parser(sub) -> None:
     p.add_argument("--train-data", default=None,
                    help="labelled training data for kNN class agreement: a data spec (train split), or an embedding "
                         "cache from `rcdm embed` made with the judge's encoder and layer (default: skip)")
+    p.add_argument("--classifier", default=None,
+                   help="an independent classifier (rcdm.judge), e.g. pretrained/cifar10-judge: adds its accuracy on "
+                        "samples vs on their sources, and FD in its features (samples vs sources, beside the next "
+                        "N real images vs the sources) under \"classifier\" (default: skip)")
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 FID weights (pt_inception-2015-12-05); enables Inception FID/KID via "
                         "torchmetrics (default: skip)")
@@ -285,12 +315,20 @@ def cmd_evaluate(args) -> None:
 
     run = sampling_from_args(args)  # checked before any model is loaded
     pipe = load_pipeline(args.model, args.device, args.dtype)
+    from .judge import load_judge
+
     judge = load_encoder(args.judge, args.judge_layer, device=pipe.device) if args.judge else None
+    classifier = load_judge(args.classifier, pipe.device) if args.classifier else None
     metrics = evaluate(pipe, args.data, args.num_images, run, judge, args.train_data,
-                       inception_weights=args.inception_weights, summary_png=args.summary_png, offset=args.offset)
+                       inception_weights=args.inception_weights, summary_png=args.summary_png, offset=args.offset,
+                       classifier=classifier)
     metrics["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
     Path(args.out).write_text(json.dumps(metrics, indent=2))
     r = metrics["rank"]
     print(f"wrote {args.out}: mean rank {r['mean']:.2f} of {metrics['num_images']} (chance {r['chance_mean']:.1f}), "
           f"top-1 {r['top1_pct']:.1f}%, FD {metrics['fd']['samples_vs_real']:.3g} "
           f"(real halves {metrics['fd']['real_half_vs_half'] or float('nan'):.3g})")
+    if "accuracy_samples" in metrics["classifier"]:
+        c = metrics["classifier"]
+        print(f"classifier: {100 * c['accuracy_samples']:.1f}% of samples show their source's class (sources: "
+              f"{100 * c['accuracy_sources']:.1f}%), FD {c['fd']:.3g} (real vs real {c['fd_real'] or float('nan'):.3g})")

@@ -23,6 +23,10 @@ model's own encoder.
    Wu et al. 2018) fitted on labelled training embeddings predicts a label for every sample; reported is the
    fraction of samples whose label equals the true label of their source x, beside the same classifier's
    accuracy on the real x (the ceiling).
+5. Classifier: an independent supervised classifier (rcdm.judge, trained with labels, never conditioned on)
+   labels every sample; reported are its accuracy on samples against their sources' labels beside its accuracy on
+   the sources, and FD in its penultimate features (samples vs sources) beside FD between two real sets of the
+   same size (`classifier_scores`).
 
 Rank, FD and diversity compute in float64. Every function works on blocks of a fixed size, so its result does
 not depend on how the caller batched the data that produced the features.
@@ -165,3 +169,30 @@ def class_agreement(train_feats, train_labels, h_ref, h_hat, ref_labels, k: int 
     return {"samples": (pred_hat == ref_labels.repeat_interleave(reps)).double().mean().item(),
             "real": (pred_ref == ref_labels).double().mean().item(),
             "k": min(k, len(train_feats)), "num_train": len(train_feats)}
+
+
+def classifier_scores(logits_hat, feats_hat, logits_ref, feats_ref, labels, feats_real=None) -> dict:
+    """Definition 5, an independent classifier (rcdm.judge) that never saw the conditioning encoder.
+
+    accuracy_samples: the fraction of samples (N*K, input-major) it labels as their source's true class;
+    accuracy_sources: its accuracy on the N sources. fd: the Fréchet distance between its penultimate features of
+    the samples and of their sources; fd_real: the same between another real set of the same size (`feats_real`,
+    images disjoint from the sources) and the sources, i.e. where a perfect sampler would land. Per class: the same
+    for the sources of each class (FD at n per class is biased upwards; compare classes with each other only)."""
+    k = _groups(len(logits_hat), len(logits_ref))
+    labels = torch.as_tensor(labels)
+    hit_hat = (logits_hat.argmax(1) == labels.repeat_interleave(k)).double().view(-1, k).mean(1)  # (N,)
+    hit_ref = (logits_ref.argmax(1) == labels).double()  # (N,)
+    per_class = {}
+    for c in labels.unique().tolist():
+        mine = labels == c
+        rows = mine.repeat_interleave(k)
+        per_class[str(c)] = {"n": int(mine.sum()), "accuracy_samples": hit_hat[mine].mean().item(),
+                             "accuracy_sources": hit_ref[mine].mean().item(),
+                             "fd": frechet_distance(feats_hat[rows], feats_ref[mine]) if mine.sum() >= 2 else None}
+    return {"accuracy_samples": hit_hat.mean().item(), "accuracy_sources": hit_ref.mean().item(),
+            "fd": frechet_distance(feats_hat, feats_ref),
+            "fd_real": frechet_distance(feats_real, feats_ref) if feats_real is not None and len(feats_real) >= 2
+            else None,
+            "n": len(labels), "num_samples": len(logits_hat),
+            "num_real": len(feats_real) if feats_real is not None else 0, "per_class": per_class}

@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_jpeg.npz"
+CIFAR_NPZ = REPO / "tests" / "data" / "cifar10_small.npz"  # 1000 train + 1000 test CIFAR-10 images (its README)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,8 +29,10 @@ def torch_threads():
 
 @pytest.fixture(scope="session")
 def cifar_npz():
+    """The repository's CIFAR-10 fixture, in the full file's packed-JPEG format: its first 1000 train and first 1000
+    test images (class-interleaved, so any prefix of a multiple of 10 is class-balanced)."""
     if not CIFAR_NPZ.exists():
-        pytest.fail(f"{CIFAR_NPZ} is missing: the tests need ../shared/data beside the repository")
+        pytest.fail(f"{CIFAR_NPZ} is missing: rebuild it with tools/make_test_fixture.py (tests/data/README.md)")
     return CIFAR_NPZ
 
 

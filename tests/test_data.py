@@ -8,7 +8,8 @@ from rcdm.data import FolderImages, NpzImages, decode_all, fingerprint, listing_
 
 def test_npz_matches_readme(cifar_npz):
     ds = open_dataset(f"{cifar_npz}:test")
-    assert isinstance(ds, NpzImages) and len(ds) == 10000
+    assert isinstance(ds, NpzImages) and len(ds) == 1000  # the fixture's test split (tests/data/README.md)
+    assert torch.bincount(torch.as_tensor(ds.labels)).tolist() == [100] * 10
     x, y = ds[13]
     assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and y == 13 % 10  # class-interleaved order
 

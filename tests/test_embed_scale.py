@@ -35,10 +35,15 @@ def _same(a: EmbeddingCache, b: EmbeddingCache):
 
 
 def _subset_npz(src, path, n):
-    """The first n CIFAR-10 test images as the 'train' split of a packed-JPEG npz."""
+    """n CIFAR-10 test images as the 'train' split of a packed-JPEG npz: the source's test split in order, repeated
+    as often as n needs (the fixture holds 1000; 1000 is no multiple of a 64-row chunk, so a chunk written to the
+    wrong rows still differs from the straight run)."""
     z = np.load(src)
-    off = z["test_offsets"][: n + 1]
-    np.savez(path, train_jpeg=z["test_jpeg"][: off[-1]], train_offsets=off, train_labels=z["test_labels"][:n])
+    buf, off, lab = z["test_jpeg"], z["test_offsets"], z["test_labels"]
+    idx = np.arange(n) % len(lab)
+    jpegs = [buf[off[i]:off[i + 1]] for i in idx]
+    offsets = np.concatenate([[0], np.cumsum([len(j) for j in jpegs])])
+    np.savez(path, train_jpeg=np.concatenate(jpegs), train_offsets=offsets, train_labels=lab[idx])
     return path
 
 

@@ -15,13 +15,16 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from conftest import make_tiny_pipeline  # noqa: E402
-from rcdm.appcmd import load_app_module  # noqa: E402
+from rcdm.analysis import interpolate_embeddings  # noqa: E402
+from rcdm.app import launch_app  # noqa: E402
+from rcdm.app.checks import MAX_FILE_BYTES, load_upload  # noqa: E402
+from rcdm.app.interpolate import InterpolateTab  # noqa: E402
+from rcdm.app.invariance import gallery_columns  # noqa: E402
 from rcdm.cli import main as cli_main  # noqa: E402
 from rcdm.pipeline import DEFAULT_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a live Gradio server in this process
 
-app = load_app_module()
 TINY = dict(num_samples=2, steps=2, guidance=1.0, seed=0)
 
 
@@ -56,7 +59,7 @@ def server(shipped_dir):
     """The app as `rcdm app` serves it, with the models and examples found in `shipped_dir`."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RCDM_PRETRAINED", str(shipped_dir))
-        demo = app.launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
+        demo = launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()
 
@@ -103,13 +106,13 @@ def test_every_endpoint(client, server, pngs):
 
 def test_interpolation_shares_noise_across_points(server, pngs):
     """From A to A every point has the same embedding, so with the same noise all samples must be identical."""
-    h = app.Handlers(server.rcdm_models)
-    strip = h.interpolate(pngs[0], pngs[0], "tiny-backbone", 3, "lerp", 2, 1.0, 7, progress=no_progress)
+    tab = InterpolateTab(server.rcdm_models)
+    strip = tab.interpolate(pngs[0], pngs[0], "tiny-backbone", 3, "lerp", 2, 1.0, 7, progress=no_progress)
     samples = [Image.open(path).tobytes() for path, _ in strip[1:-1]]
     assert all(s == samples[0] for s in samples[1:])
     h0, h1 = torch.randn(2, 16).unbind()
     for mode in ("lerp", "slerp"):
-        path = app.interpolate_embeddings(h0, h1, 5, mode)
+        path = interpolate_embeddings(h0, h1, 5, mode)
         assert torch.allclose(path[0], h0, atol=1e-5) and torch.allclose(path[-1], h1, atol=1e-5)
 
 
@@ -156,9 +159,9 @@ def test_limits_are_checked_on_the_server(client, pngs, tmp_path):
         client.predict(a, a, "tiny-backbone", 99, "lerp", 2, 1.0, 0, api_name="/interpolate")
     big = tmp_path / "big.png"
     with open(big, "wb") as f:
-        f.truncate(app.MAX_FILE_BYTES + 1)  # sparse: no disk, no time (gradio's upload route refuses it too)
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk, no time (gradio's upload route refuses it too)
     with pytest.raises(gr.Error, match="the limit is 10 MB"):
-        app.load_upload(str(big))
+        load_upload(str(big))
 
 
 def test_invariance_endpoint(client, server, pngs, tmp_path):
@@ -179,7 +182,7 @@ def test_invariance_endpoint(client, server, pngs, tmp_path):
     with lock:  # the analysis itself, on the same image, samples and noise, gives the same score
         direct = invariance(pipe, [Image.open(pngs[0])], ["flip"], run=Sampling(2, 2, None, 1.0, 0))
     assert score == pytest.approx(direct.numbers["models"]["model"]["scores"]["flip"], abs=1e-3)
-    assert app.gallery_columns(2).columns == 3  # the page lays the gallery out as one row per condition
+    assert gallery_columns(2).columns == 3  # the page lays the gallery out as one row per condition
 
     gray = tmp_path / "gray.png"  # grayscale leaves a gray image as it is: no score, and a message that says why
     Image.new("RGB", (40, 40), (128, 128, 128)).save(gray)
@@ -221,7 +224,7 @@ def test_cli_refuses_missing_or_broken_models(capsys, tmp_path):
 
 
 def test_shipped_default_model_samples(cifar_test_images, tmp_path):
-    demo = app.launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         assert demo.rcdm_models.names[0] == DEFAULT_MODEL
         path = tmp_path / "in.png"

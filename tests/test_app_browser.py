@@ -17,7 +17,7 @@ import pytest
 
 import gradio  # noqa: F401  (an install dependency: a missing gradio must fail, not skip)
 from conftest import REPO
-from rcdm.appcmd import load_app_module
+from rcdm.app import launch_app
 from rcdm.pipeline import DEFAULT_MODEL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -137,7 +137,7 @@ def server(tmp_path, tiny_pipeline_dir, cifar_test_images, monkeypatch):
         for i, im in enumerate(cifar_test_images[0][:2]):
             im.save(root / "examples" / f"example{i}.png")
         monkeypatch.setenv("RCDM_PRETRAINED", str(root))
-    demo = load_app_module().launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()
 

@@ -179,7 +179,7 @@ def app_server(tmp_path_factory, tiny_pipeline_dir, tiny_encoder_dir, cifar_test
     """The app with two tiny models and six example images (the Report tab's data)."""
     from test_app import free_port
 
-    from rcdm.appcmd import load_app_module
+    from rcdm.app import launch_app
 
     root = tmp_path_factory.mktemp("pretrained")
     (root / "tiny-backbone").symlink_to(tiny_pipeline_dir, target_is_directory=True)
@@ -190,7 +190,7 @@ def app_server(tmp_path_factory, tiny_pipeline_dir, tiny_encoder_dir, cifar_test
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RCDM_PRETRAINED", str(root))
         mp.delenv("RCDM_REPORT_DATA", raising=False)
-        demo = load_app_module().launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
+        demo = launch_app(None, port=free_port(), prevent_thread_lock=True, quiet=True)
         yield demo
     demo.close()
 

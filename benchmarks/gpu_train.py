@@ -127,9 +127,11 @@ def train_config(args, compile_: bool, channels_last: bool, batch: int):
 def build_unet(cfg, dim: int, device: torch.device):
     """The preset's denoiser, initialised on the device. Built from its UNetConfig, as rcdm.train.build_unet does
     without a cache (which it reads only for the embedding statistics, set here from synthetic h)."""
+    from rcdm.model import build_denoiser
+
     torch.manual_seed(0)
     with torch.device(device):  # a 422M-parameter init on the host takes longer than the whole timed window
-        unet = cfg.unet.build(dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
+        unet = build_denoiser(cfg.unet, dim, cfg.resolution, null_embedding=cfg.cond_drop_prob > 0)
     unet.set_embedding_stats(torch.randn(1024, dim, device=device))
     return unet.to(memory_format=torch.channels_last) if cfg.channels_last else unet
 

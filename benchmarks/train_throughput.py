@@ -23,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rcdm.encoders import load_encoder
+from rcdm.model import build_denoiser
 from rcdm.train import PRESETS, TrainConfig, make_loss
 
 
@@ -131,7 +132,7 @@ def main():
 
 
 def _unet(cfg, dim, channels_last):
-    unet = cfg.unet.build(dim, cfg.resolution)
+    unet = build_denoiser(cfg.unet, dim, cfg.resolution)
     return unet.to(memory_format=torch.channels_last) if channels_last else unet
 
 

@@ -14,11 +14,3 @@ def cmd_app(args) -> None:
 
     launch_app(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
                max_queue=args.max_queue)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("app", help="serve the Gradio app (sample, compare, interpolate)",
-                       description="Serve the RCDM Gradio app. It binds 127.0.0.1 with no public link unless "
-                                   "--host or --share say otherwise; its limits are checked on the server.")
-    add_app_arguments(p)
-    p.set_defaults(func=cmd_app)

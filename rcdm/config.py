@@ -1,63 +1,18 @@
-"""Typed configs -> argparse flags, so every config field is a documented CLI flag with no hand plumbing.
+"""Typed configs from parsed flags or a YAML/JSON dict, with no hand plumbing (the flags themselves are made by
+`rcdm.cli.flags.add_dataclass_args`).
 
 A field whose type is itself a dataclass (e.g. `TrainConfig.unet`) is a nested config: its fields become flags of
 their own, flat (`--block-out-channels`, not `--unet.block-out-channels`), and are gathered back into it.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return True, f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return True, f.default_factory()
-    return False, None
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, defaults_from_none: bool = False) -> None:
-    """One flag per field. `help` comes from the field's metadata; fields without a default are required.
-
-    With `defaults_from_none`, every flag defaults to None so callers can tell "given" from "not given"
-    (used to layer flags over a preset or a YAML file).
-    """
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
-            add_dataclass_args(parser, typ, defaults_from_none)
-            continue
-        if f.metadata.get("cli") is False:
-            continue
-        has_default, default = _default(f)
-        kw = {"help": f.metadata.get("help", "") + ("" if not has_default else f" (default: {default!r})")}
-        if defaults_from_none:
-            kw["default"] = None
-        elif has_default:
-            kw["default"] = default
-        else:
-            kw["required"] = True
-        if typ is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(typ) in (list, tuple):
-            kw["type"] = typing.get_args(typ)[0]
-            kw["nargs"] = "+"
-        else:
-            kw["type"] = typ if typ in (int, float, str) else str
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-        parser.add_argument(_flag(f.name), dest=f.name, **kw)
-
-
-def dataclass_from_args(cls, args: argparse.Namespace, base=None):
-    """Build `cls` from parsed args; with `base`, only the flags that were given override it."""
+def dataclass_from_args(cls, args, base=None):
+    """Build `cls` from parsed args (an `argparse.Namespace`); with `base`, only the flags that were given (not
+    None) override it."""
     hints = typing.get_type_hints(cls)
     given = {}
     for f in dataclasses.fields(cls):

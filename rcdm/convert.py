@@ -12,7 +12,6 @@ range) and 100 ancestral steps as its default sampler, as the reference samples.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from dataclasses import dataclass
@@ -248,27 +247,3 @@ def _download(url: str, root: Path) -> Path:
     if not dst.is_file():
         torch.hub.download_url_to_file(url, str(dst), progress=True)  # writes a temporary file, then renames
     return dst
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser("convert-rcdm", help="convert a published RCDM ImageNet-128 checkpoint into a pipeline",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="the released file, e.g. rcdm_ema_dino_trunk.pt (a guided-diffusion state dict)")
-    p.add_argument("--encoder", required=True,
-                   help="encoder spec the RCDM was trained on, e.g. dino_resnet50@dino_resnet50_pretrain_full_checkpoint.pth")
-    p.add_argument("--layer", default="backbone", choices=["backbone", "projector"],
-                   help="backbone for the *_trunk files, projector for the *_head files (default: backbone)")
-    p.add_argument("--out", required=True, help="output pipeline directory")
-    p.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(args) -> None:
-    import shlex
-    import time
-
-    t0 = time.time()
-    command = shlex.join(["rcdm", "convert-rcdm", args.checkpoint, "--encoder", args.encoder, "--layer", args.layer,
-                          "--out", args.out])
-    out = convert(args.checkpoint, args.encoder, args.layer, args.out, command)
-    print(f"wrote {out} in {time.time() - t0:.1f} s")

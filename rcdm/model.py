@@ -14,7 +14,7 @@ Two additions over the reference:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from .align import projector
+from .unet_config import UNetConfig  # torch-free, for the command line's flags; re-exported here
 
 
 @dataclass
@@ -36,50 +37,30 @@ class RCDMUNetOutput(BaseOutput):
     align: torch.Tensor | None = None  # REPA projector output (B, C_enc, r, r), in training mode only
 
 
-@dataclass
-class UNetConfig:
-    """The denoiser's architecture besides the embedding size and resolution, which come from the data. Nested in
-    `TrainConfig` as `unet`; each field is also a flat `rcdm train` flag."""
+def build_denoiser(cfg: UNetConfig, embedding_dim: int, sample_size: int, null_embedding: bool = True,
+                   align_dim: int = 0):
+    """The denoiser `cfg` describes, freshly initialised; `align_dim` > 0 adds a REPA projector."""
+    if cfg.arch == "adm" and align_dim:
+        raise ValueError("REPA alignment (--repa-weight) is implemented for the rcdm UNet only, not --arch adm")
+    if cfg.arch == "adm":
+        from .adm import ADMUNet
 
-    arch: str = field(default="rcdm", metadata={"help": "rcdm: the CIFAR-scale RCDMUNet (mean decoder, v-prediction); "
-                                                        "adm: the reference ADM network (rcdm.adm)",
-                                                "choices": ["rcdm", "adm"]})
-    block_out_channels: tuple[int, ...] = field(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
-    layers_per_block: int = field(default=2, metadata={"help": "ResBlocks per UNet level"})
-    attention_levels: tuple[int, ...] = field(default=(), metadata={"help": "UNet levels with self-attention"})
-    attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
-    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)"})
-    dropout: float = field(default=0.0, metadata={"help": "ResBlock dropout"})
-    mean_decoder: bool = field(default=True, metadata={"help": "concatenate a mean decoder D(h) to the UNet input"})
-    prediction_type: str = field(default="v_prediction", metadata={"help": "epsilon or v_prediction",
-                                                                   "choices": ["epsilon", "v_prediction"]})
-    num_heads: int = field(default=4, metadata={"help": "adm: attention heads at every level (the head width grows)"})
-    learn_sigma: bool = field(default=False, metadata={"help": "adm: learned variance (6 output channels, hybrid "
-                                                               "loss, read by the DDPM sampler)"})
-
-    def build(self, embedding_dim: int, sample_size: int, null_embedding: bool = True, align_dim: int = 0):
-        """The denoiser this config describes, freshly initialised; `align_dim` > 0 adds a REPA projector."""
-        if self.arch == "adm" and align_dim:
-            raise ValueError("REPA alignment (--repa-weight) is implemented for the rcdm UNet only, not --arch adm")
-        if self.arch == "adm":
-            from .adm import ADMUNet
-
-            c0 = self.block_out_channels[0]
-            if any(c % c0 for c in self.block_out_channels) or self.mean_decoder:
-                raise ValueError("adm: every width must be a multiple of the first (ADM's channel_mult), and the "
-                                 "mean decoder is an RCDMUNet feature (use --no-mean-decoder)")
-            return ADMUNet(embedding_dim=embedding_dim, sample_size=sample_size, model_channels=c0,
-                           channel_mult=tuple(c // c0 for c in self.block_out_channels),
-                           num_res_blocks=self.layers_per_block, attention_levels=tuple(self.attention_levels),
-                           num_heads=self.num_heads, dropout=self.dropout, learn_sigma=self.learn_sigma,
-                           learned_null=null_embedding, prediction_type=self.prediction_type)
-        if self.learn_sigma:
-            raise ValueError("learn_sigma needs --arch adm")
-        return RCDMUNet(embedding_dim=embedding_dim, sample_size=sample_size,
-                        block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
-                        attention_levels=tuple(self.attention_levels), attention_head_dim=self.attention_head_dim,
-                        norm_num_groups=self.norm_num_groups, dropout=self.dropout, mean_decoder=self.mean_decoder,
-                        prediction_type=self.prediction_type, align_dim=align_dim)
+        c0 = cfg.block_out_channels[0]
+        if any(c % c0 for c in cfg.block_out_channels) or cfg.mean_decoder:
+            raise ValueError("adm: every width must be a multiple of the first (ADM's channel_mult), and the "
+                             "mean decoder is an RCDMUNet feature (use --no-mean-decoder)")
+        return ADMUNet(embedding_dim=embedding_dim, sample_size=sample_size, model_channels=c0,
+                       channel_mult=tuple(c // c0 for c in cfg.block_out_channels),
+                       num_res_blocks=cfg.layers_per_block, attention_levels=tuple(cfg.attention_levels),
+                       num_heads=cfg.num_heads, dropout=cfg.dropout, learn_sigma=cfg.learn_sigma,
+                       learned_null=null_embedding, prediction_type=cfg.prediction_type)
+    if cfg.learn_sigma:
+        raise ValueError("learn_sigma needs --arch adm")
+    return RCDMUNet(embedding_dim=embedding_dim, sample_size=sample_size,
+                    block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+                    attention_levels=tuple(cfg.attention_levels), attention_head_dim=cfg.attention_head_dim,
+                    norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, mean_decoder=cfg.mean_decoder,
+                    prediction_type=cfg.prediction_type, align_dim=align_dim)
 
 
 class MeanDecoder(nn.Module):

@@ -14,12 +14,10 @@ loaded with the pipeline when present.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,9 +28,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
-from .config import add_dataclass_args, dataclass_from_args
 from .fsutil import fresh_tmp_dir, replace_dir
 from .model import EmbeddingCondition
+from .prior_config import PriorConfig  # torch-free, for the command line's flags; re-exported here
 
 PRIOR_DIR = "prior"
 
@@ -149,35 +147,6 @@ class Prior:
 
 
 # ------------------------------------------------------------------------------------------------ training
-@dataclass
-class PriorConfig:
-    """`rcdm train-prior`: a prior on the embeddings of an `rcdm embed` cache (both views of every image)."""
-
-    cache: str = field(default="", metadata={"help": "embedding cache from `rcdm embed`"})
-    output_dir: str = field(default="runs/prior", metadata={"help": "checkpoints and the exported prior"})
-    model: str = field(default="", metadata={"help": "also install the prior into this RCDM pipeline directory (its "
-                                                     "encoder and layer must match the cache's)"})
-    width: int = field(default=1024, metadata={"help": "MLP width"})
-    num_blocks: int = field(default=6, metadata={"help": "residual blocks"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout inside each block"})
-    batch_size: int = field(default=256, metadata={"help": "embeddings per process per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup steps"})
-    lr_schedule: str = field(default="cosine", metadata={"help": "constant, cosine or linear (to 0 at --max-steps)",
-                                                         "choices": ["constant", "cosine", "linear"]})
-    max_steps: int = field(default=3000, metadata={"help": "optimizer steps"})
-    ema_decay: float = field(default=0.999, metadata={"help": "maximum EMA decay"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    checkpoint_every: int = field(default=1000, metadata={"help": "resumable checkpoint every N steps"})
-    checkpoints_total_limit: int = field(default=2, metadata={"help": "keep at most this many checkpoints"})
-    resume: str = field(default="", metadata={"help": "'latest' or a checkpoint directory"})
-    log_every: int = field(default=100, metadata={"help": "log the loss every N steps"})
-    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)",
-                                                           "choices": ["no", "bf16", "fp16"]})
-    grad_accum: int = field(default=1, metadata={"cli": False})  # what the shared Accelerator setup reads
-
-
 def prior_loss(model: PriorMLP, sched: DDPMScheduler, z0: torch.Tensor, generator) -> torch.Tensor:
     """eps-MSE on standardised embeddings z0 (B, D), timesteps uniform (Ho et al. 2020, Eq. 14)."""
     t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=generator).to(z0.device)
@@ -285,32 +254,3 @@ def evaluate_prior(prior: Prior, cache_path: str, n: int = 2000, seed: int = 0, 
         out["class_histogram_samples"] = torch.bincount(pred, minlength=num_classes).div(n).tolist()
         out["class_histogram_real"] = torch.bincount(labels, minlength=num_classes).div(len(labels)).tolist()
     return out
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser("train-prior", help="train a diffusion prior p(h) over an embedding cache (RCG's RDM)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, PriorConfig)
-    p.add_argument("--eval-n", type=int, default=2000,
-                   help="after training, FD and class histogram of this many sampled embeddings (0 = skip; "
-                        "default: 2000)")
-    p.set_defaults(func=cmd_train_prior)
-
-
-def cmd_train_prior(args) -> None:
-    import shlex
-    import sys
-
-    cfg = dataclass_from_args(PriorConfig, args)
-    if not cfg.cache:
-        raise ValueError("--cache is required (make it with `rcdm embed`)")
-    out = train_prior(cfg, shlex.join(["rcdm"] + sys.argv[1:]), install_into_model=False)
-    print(f"wrote {out}")
-    if args.eval_n:  # the evaluation goes into prior_info.json before the prior is installed anywhere
-        res = evaluate_prior(Prior.from_pretrained(out), cfg.cache, args.eval_n, cfg.seed)
-        info_path = out / "prior_info.json"
-        info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "evaluation": res}, indent=2))
-        print(json.dumps({k: v for k, v in res.items() if not k.startswith("class")}))
-    if cfg.model:
-        print(f"installed into {install(out, cfg.model)}")

@@ -8,20 +8,19 @@ The result is a directory (config.json + model.safetensors) that the encoder reg
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .augment import simclr_views
-from .config import add_dataclass_args, dataclass_from_args
 from .encoders.cifar import CIFAR_MEAN, CIFAR_STD, SSLEncoder, cifar_encoder_config
 from .fsutil import fresh_tmp_dir, replace_dir
+from .ssl_config import SSLConfig  # torch-free, for the command line's flags; re-exported here
 
 def nt_xent(z1, z2, temperature):
     """SimCLR's NT-Xent loss (Chen et al. 2020, Eq. 1) over 2B views."""
@@ -31,33 +30,6 @@ def nt_xent(z1, z2, temperature):
     b = z1.shape[0]
     target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(sim, target)
-
-
-@dataclass
-class SSLConfig:
-    data: str = field(metadata={"help": "packed-JPEG npz, image folder or torchvision:NAME:ROOT (train split)"})
-    out: str = field(metadata={"help": "output directory (config.json + model.safetensors)"})
-    width: int = field(default=32, metadata={"help": "ResNet-18 first-stage width (64 = full width)"})
-    proj_hidden: int = field(default=512, metadata={"help": "projector hidden width"})
-    proj_out: int = field(default=128, metadata={"help": "projector output width"})
-    batch_size: int = field(default=256, metadata={"help": "images per step (2 views each)"})
-    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
-    temperature: float = field(default=0.2, metadata={"help": "NT-Xent temperature"})
-    minutes: float = field(default=40.0, metadata={"help": "wall-clock budget; the cosine schedule is fit to it"})
-    max_steps: int = field(default=0, metadata={"help": "step budget (0 = none); with both budgets the schedule "
-                                                        "follows whichever runs out first"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear LR warmup steps"})
-    resolution: int = field(default=32, metadata={"help": "training resolution"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = torch default)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
-    test_data: str = field(default="", metadata={"help": "held-out split for the kNN report (e.g. file.npz:test)"})
-    init_from: str = field(default="", metadata={"help": "encoder directory to continue from (a new stint: fresh "
-                                                         "optimizer, re-warmed schedule)"})
-    save_dtype: str = field(default="float32", metadata={"help": "dtype of the saved weights (float16 halves the "
-                                                                 "file; it is loaded back into float32)",
-                                                         "choices": ["float32", "float16"]})
 
 
 def _normalize(x01):
@@ -183,19 +155,7 @@ def _previous_stints(init_from: str) -> list[dict]:
     return list(training.get("stints", [training] if training else []))
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="train a small SimCLR encoder for CIFAR-sized images",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, SSLConfig)
-    p.set_defaults(func=lambda args: print(json.dumps(train_ssl(dataclass_from_args(SSLConfig, args)), indent=2)))
+if __name__ == "__main__":  # `python -m rcdm.ssl ...`: the command line is rcdm.cli.pretrain
+    from rcdm.cli.pretrain import main
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m rcdm.ssl", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(p, SSLConfig)
-    print(json.dumps(train_ssl(dataclass_from_args(SSLConfig, p.parse_args(argv))), indent=2))
-
-
-if __name__ == "__main__":
     main()

@@ -290,11 +290,12 @@ def test_imagenet_preset_is_the_reference_network_and_trains(tmp_path, tiny_npz,
 
     from rcdm import RCDMPipeline
     from rcdm.cli import main
+    from rcdm.model import build_denoiser
     from rcdm.train import PRESETS, TrainConfig, train
 
     preset = PRESETS["imagenet-128"]
     with torch.device("meta"):
-        unet = preset.unet.build(2048, preset.resolution, null_embedding=False)
+        unet = build_denoiser(preset.unet, 2048, preset.resolution, null_embedding=False)
     assert isinstance(unet, ADMUNet) and sum(p.numel() for p in unet.parameters()) == 422_603_782
     cache = tmp_path / "emb.safetensors"
     assert main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--data", str(tiny_npz), "--out", str(cache)]) == 0

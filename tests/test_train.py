@@ -171,7 +171,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_npz, cache_path
 KILL_SCRIPT = """
 import sys, time
 import rcdm.fsutil as fs
-from rcdm.train import main
+from rcdm.cli.train import main
 real = fs.replace_dir
 def slow(tmp, out):
     if str(out).endswith("checkpoint-4"):
@@ -306,12 +306,14 @@ def test_two_processes_agree_to_stop_every_sync_every_steps(tmp_path, tiny_npz, 
 
 def test_config_layers_preset_yaml_flags(tmp_path):
     """preset < YAML < flags, and unknown YAML keys are refused."""
-    from rcdm.train import _configure_parser, load_config
     import argparse
+
+    from rcdm.cli.train import configure_parser
+    from rcdm.train_config import load_config
 
     (tmp_path / "c.yaml").write_text("lr: 0.0005\nbatch_size: 16\nblock_out_channels: [32, 64]\n")
     p = argparse.ArgumentParser()
-    _configure_parser(p)
+    configure_parser(p)
     cfg = load_config("imagenet-128", str(tmp_path / "c.yaml"), p.parse_args(["--batch-size", "4", "--dropout", "0.1"]))
     assert (cfg.resolution, cfg.lr, cfg.batch_size, cfg.unet.block_out_channels) == (128, 5e-4, 4, (32, 64))
     assert cfg.unet.dropout == 0.1 and cfg.unet.attention_levels == (2, 3, 4)  # the preset's, under YAML and flags
@@ -435,10 +437,10 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path, tiny_npz, ca
 def test_cluster_flags_are_documented_and_checked():
     import argparse
 
-    from rcdm.train import _configure_parser
+    from rcdm.cli.train import configure_parser
 
     p = argparse.ArgumentParser()
-    _configure_parser(p)
+    configure_parser(p)
     text = p.format_help()
     for flag in ("--global-batch-size", "--sync-every", "--compile", "--resume", "--report-to"):
         assert flag in text

@@ -2,7 +2,7 @@
 
 Every analysis is a function that samples from a pipeline with seeded per-sample noise and returns an
 `AnalysisResult`: JSON-ready `numbers` and a `figure`; `result.save("fig.png")` writes both (fig.png, fig.json).
-`rcdm analyze <kind>` runs each one from the command line.
+`rcdm analyze <kind>` (rcdm.cli.analyze) runs each one from the command line.
 
     spread        K samples per image and their per-pixel std map                      (rcdm.analysis.spread)
     compare       several models on the same images and noise, rank and diversity      (rcdm.analysis.models)
@@ -14,7 +14,6 @@ Every analysis is a function that samples from a pipeline with seeded per-sample
     layers        one RCDM per encoder layer (Guillotine Regularization)               (rcdm.analysis.models)
 """
 from .adversarial import adversarial, pgd_attack
-from .cli import add_parser
 from .common import AnalysisResult, at_resolution, encoder_view, load_bank, nearest_neighbours
 from .interpolate import interpolate, interpolate_embeddings
 from .invariance import AUGMENTATIONS, AugmentParams, augment, invariance, statistic
@@ -23,7 +22,7 @@ from .memorization import background_crop, memorization
 from .models import compare, layers
 from .spread import spread
 
-__all__ = ["AUGMENTATIONS", "AnalysisResult", "AugmentParams", "add_parser", "adversarial", "at_resolution", "augment",
+__all__ = ["AUGMENTATIONS", "AnalysisResult", "AugmentParams", "adversarial", "at_resolution", "augment",
            "background_crop", "common_dims", "compare", "edit_embedding", "encoder_view", "interpolate",
            "interpolate_embeddings", "invariance", "layers", "load_bank", "manipulate", "memorization",
            "nearest_neighbours", "pgd_attack", "spread", "statistic"]

@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from ..augment import _RGB2YIQ, grayscale, hue_shift
 from ..images import to_pil
 from ..sampling import sample
+from ..choices import AUGMENTATIONS
 from .common import AnalysisResult, at_resolution, default_run, embed, encoder_view, run_record
 
-AUGMENTATIONS = ("flip", "crop", "hue", "grayscale", "rotation", "blur")
 HF_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 
 

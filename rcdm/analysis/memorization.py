@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..choices import MEMORIZATION_BACKGROUNDS, MEMORIZATION_MODES
 from ..images import to_pil
 from ..metrics import class_agreement, knn_predict
 from ..sampling import sample
 from .common import (AnalysisResult, at_resolution, chunks, default_run, embed, encoder_view, labelled_grid, load_bank,
                      nearest_neighbours, run_record)
 
-BACKGROUNDS = ("frame", "corner", "none")
-MODES = ("patch", "knn")
+BACKGROUNDS, MODES = MEMORIZATION_BACKGROUNDS, MEMORIZATION_MODES
 NUM_EXAMPLES = 3  # figure rows per split
 
 

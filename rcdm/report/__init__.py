@@ -5,10 +5,9 @@
 
 Layout: `settings` (what is measured, and on what), `sections` (each section: the measurement, from rcdm.evaluate
 and rcdm.analysis, plus intervals), `stats` (bootstrap and Wilson intervals), `store` (finished sections on disk,
-atomic writes, the progress bar), `page` (report.json and index.html), `build` (the run), `cli` (`rcdm report`).
+atomic writes, the progress bar), `page` (report.json and index.html), `build` (the run). The command
+`rcdm report` is rcdm.cli.report.
 """
-from .cli import add_parser
-
 _LAZY = {"build_report": "build", "ReportSettings": "settings", "inline_html": "page"}
 
 
@@ -20,4 +19,4 @@ def __getattr__(name):  # the heavy modules load on first use, so `rcdm --help` 
     return getattr(import_module(f".{_LAZY[name]}", __name__), name)
 
 
-__all__ = ["ReportSettings", "add_parser", "build_report", "inline_html"]
+__all__ = ["ReportSettings", "build_report", "inline_html"]

@@ -5,6 +5,9 @@ import argparse
 import shlex
 import sys
 
+from ..report.settings import AUGMENTATIONS, ReportSettings
+from .flags import add_model_flag, add_sampling_flags, set_default
+
 DESCRIPTION = """Write DIR/index.html (one static page: open it from disk), its figures as PNG and DIR/report.json
 (every number on the page) for one model or several side by side: fidelity, samples, invariance profile,
 interpolation, manipulation, memorization (Déjà vu, when the data has a train split) and the comparison.
@@ -17,9 +20,6 @@ same command, skips them. The defaults take under 10 minutes for the two shipped
 
 
 def add_parser(sub) -> None:
-    from ..flags import add_model_flag, add_sampling_flags
-    from .settings import AUGMENTATIONS, ReportSettings
-
     d = ReportSettings()
     p = sub.add_parser("report", help="one static HTML page of everything rcdm measures, for one model or several",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,35 +41,26 @@ def add_parser(sub) -> None:
                    help="augmentations of the invariance profile (default: all)")
     add_sampling_flags(p, num_samples=d.samples_per_image, names=("--samples-per-image",),
                        what="fidelity: K samples per reference (diversity needs 2)")
-    _default(p, "dtype", "bfloat16", "denoiser precision while sampling; the encoder stays float32 "
-                                     "(default: bfloat16, about 2x faster than float32 on CPUs)")
+    set_default(p, "dtype", "bfloat16", "denoiser precision while sampling; the encoder stays float32 "
+                                        "(default: bfloat16, about 2x faster than float32 on CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=run)
 
 
-def _default(p: argparse.ArgumentParser, dest: str, value, help: str) -> None:
-    """Change the default (and help) of a shared flag for this command."""
-    for action in p._actions:
-        if action.dest == dest:
-            action.default, action.help = value, help
-
-
-def settings_from_args(args):
-    from .settings import ReportSettings
-
+def settings_from_args(args) -> ReportSettings:
     return ReportSettings(num_images=args.num_images, samples_per_image=args.num_samples,
                           invariance_images=args.invariance_images, memorization_images=args.memorization_images,
                           bank_size=args.bank_size, seed=args.seed, steps=args.steps, scheduler=args.scheduler,
                           guidance=args.guidance, batch_size=args.batch_size)
 
 
-def cmd_report(args) -> None:
+def run(args) -> None:
     from pathlib import Path
 
     from ..flags import load_pipeline
     from ..pipeline import resolve_model_path
-    from .build import build_report
-    from .settings import parse_models
+    from ..report.build import build_report
+    from ..report.settings import parse_models
 
     settings = settings_from_args(args)  # checked before any model is loaded
     models = parse_models(args.model)

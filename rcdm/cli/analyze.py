@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..flags import add_model_flag, add_sampling_flags, load_pipeline, sampling_from_args
+from ..choices import AUGMENTATIONS, MEMORIZATION_BACKGROUNDS, MEMORIZATION_MODES
+from ..flags import load_pipeline
+from .flags import add_model_flag, add_sampling_flags, sampling_from_args
 
 
 # ------------------------------------------------------------------------------------------------ shared flags
@@ -58,8 +60,8 @@ def _pipes(args) -> dict:
 
 def _images(args, minimum: int = 1, split: str = "test"):
     """PIL images from --image, or uint8 tensors from --data; fails before any model is loaded."""
+    from ..analysis.common import read_images
     from ..data import open_image
-    from .common import read_images
 
     if (args.image is None) == (args.data is None):
         raise ValueError("give exactly one of --image or --data")
@@ -67,6 +69,37 @@ def _images(args, minimum: int = 1, split: str = "test"):
     if len(images) < minimum:
         raise ValueError(f"this analysis needs at least {minimum} images, got {len(images)}")
     return images
+
+
+def check_outputs(args) -> None:
+    """Refuse, before any work, a --out the figure cannot be written to (a directory, a missing directory, a suffix
+    matplotlib or PIL cannot write) and a --json that is a directory: one line that names the flag and the fix,
+    instead of the writer's error after all the sampling."""
+    png, example = Path(args.out), f"{args.kind}.png"
+    if png.is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give the figure's file name, e.g. --out {png / example}")
+    if not png.parent.is_dir():
+        raise ValueError(f"--out {args.out}: the directory {png.parent} does not exist; create it, or give another "
+                         f"path such as --out {example}")
+    suffix, formats = png.suffix.lower().lstrip("."), figure_formats()
+    if suffix not in formats:
+        what = f"'.{suffix}' files" if suffix else "a name without a suffix"
+        raise ValueError(f"--out {args.out}: cannot write a figure to {what}; give a name ending in .png (or "
+                         f"{', '.join('.' + f for f in formats if f != 'png')}), e.g. --out {png.with_name(example)}")
+    js = Path(args.json) if args.json else png.with_suffix(".json")
+    if js.is_dir():
+        raise ValueError(f"--json {js} is a directory; give the numbers' file name, e.g. --json "
+                         f"{js / (args.kind + '.json')}")
+
+
+def figure_formats() -> list[str]:
+    """Suffixes both figure writers can save: matplotlib (most kinds) and PIL (image-only figures)."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    Image.init()
+    pil = {ext.lstrip(".") for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    return sorted(set(Figure().canvas.get_supported_filetypes()) & pil)
 
 
 def _finish(result, args) -> None:
@@ -77,7 +110,7 @@ def _finish(result, args) -> None:
 
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_spread(args) -> None:
-    from .spread import spread
+    from ..analysis.spread import spread
 
     images = _images(args)
     res = spread(_pipe(args.model, args), images, _run(args))
@@ -86,14 +119,14 @@ def cmd_spread(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .models import compare
+    from ..analysis.models import compare
 
     images = _images(args, minimum=2)
     _finish(compare(_pipes(args), images, _run(args)), args)
 
 
 def cmd_layers(args) -> None:
-    from .models import layers
+    from ..analysis.models import layers
 
     images = _images(args, minimum=2)
     res = layers(_pipes(args), images, _run(args))
@@ -109,16 +142,16 @@ def _f(v) -> str:
 
 
 def cmd_interpolate(args) -> None:
+    from ..analysis.interpolate import interpolate
     from ..data import open_image
-    from .interpolate import interpolate
 
     a, b = open_image(args.image[0]), open_image(args.image[1])
     _finish(interpolate(_pipe(args.model, args), a, b, args.points, args.modes, _run(args)), args)
 
 
 def cmd_manipulate(args) -> None:
+    from ..analysis.manipulate import manipulate
     from ..data import open_image
-    from .manipulate import manipulate
 
     src, tgt = open_image(args.source), open_image(args.target)
     res = manipulate(_pipe(args.model, args), src, tgt, args.bank, args.k, args.eps, args.min_frac, _run(args))
@@ -127,7 +160,7 @@ def cmd_manipulate(args) -> None:
 
 
 def cmd_invariance(args) -> None:
-    from .invariance import AugmentParams, invariance
+    from ..analysis.invariance import AugmentParams, invariance
 
     images = _images(args)
     params = AugmentParams(args.crop_frac, args.hue_turns, args.rotation_deg, args.blur_sigma)
@@ -138,13 +171,13 @@ def cmd_invariance(args) -> None:
 
 
 def cmd_adversarial(args) -> None:
+    from ..analysis.adversarial import adversarial
     from ..data import open_image
-    from .adversarial import adversarial
 
     src, tgt = open_image(args.source), open_image(args.target)
     refs = None
     if args.references:
-        from .common import read_images
+        from ..analysis.common import read_images
 
         refs = read_images(args.references, args.num_references, "test")[0]
     res = adversarial(_pipe(args.model, args), src, tgt, args.eps / 255, args.pgd_steps, args.step_size / 255, refs,
@@ -155,8 +188,8 @@ def cmd_adversarial(args) -> None:
 
 
 def cmd_memorization(args) -> None:
-    from .common import read_images
-    from .memorization import memorization
+    from ..analysis.common import read_images
+    from ..analysis.memorization import memorization
 
     train_x, train_y = read_images(args.train_data, args.num_images, "train")
     test_x, test_y = read_images(args.test_data, args.num_images, "test")
@@ -168,8 +201,18 @@ def cmd_memorization(args) -> None:
         print(f"{key}: train {n['train'][key]:.3f}, test {n['test'][key]:.3f} (chance {n['chance']:.3f})")
 
 
+def run(args) -> None:
+    check_outputs(args)  # before any image is read or model loaded
+    KINDS[args.kind](args)
+
+
+KINDS = {"spread": cmd_spread, "compare": cmd_compare, "interpolate": cmd_interpolate, "manipulate": cmd_manipulate,
+         "invariance": cmd_invariance, "adversarial": cmd_adversarial, "memorization": cmd_memorization,
+         "layers": cmd_layers}
+
+
 # ------------------------------------------------------------------------------------------------ parsers
-def _kind(sub, name: str, func, help: str, description: str, num_samples: int, many: str | None = None,
+def _kind(sub, name: str, help: str, description: str, num_samples: int, many: str | None = None,
           images: int | None = None):
     p = sub.add_parser(name, help=help, description=description)
     _model_flag(p, many)
@@ -177,15 +220,11 @@ def _kind(sub, name: str, func, help: str, description: str, num_samples: int, m
         _image_flags(p, images)
     add_sampling_flags(p, num_samples)
     _output_flags(p, name)
-    p.set_defaults(func=func)
+    p.set_defaults(func=run)
     return p
 
 
 def add_parser(sub) -> None:
-    from .invariance import AUGMENTATIONS
-    from .memorization import BACKGROUNDS
-    from .memorization import MODES as MEM_MODES
-
     top = sub.add_parser("analyze", help="analyses of what a representation keeps: spread, compare, interpolate, "
                                          "manipulate, invariance, adversarial, memorization, layers",
                          description="Each kind samples from one or more RCDMs with seeded per-sample noise and "
@@ -193,19 +232,19 @@ def add_parser(sub) -> None:
                                      "`rcdm analyze KIND --help` lists its flags; the definitions of the numbers "
                                      "are in the docstrings of rcdm.analysis.<module>.")
     kinds = top.add_subparsers(dest="kind", metavar="KIND", required=True)
-    _kind(kinds, "spread", cmd_spread, "samples per image and their per-pixel std map",
+    _kind(kinds, "spread", "samples per image and their per-pixel std map",
           "K samples per image beside a heat map of the per-pixel standard deviation among them.", 8, images=4)
-    _kind(kinds, "compare", cmd_compare, "two or more models side by side, with rank and diversity",
+    _kind(kinds, "compare", "two or more models side by side, with rank and diversity",
           "The same images and noise through several models; rank among the images in each model's own encoder "
           "space, and diversity.", 4, many="shipped", images=4)
-    p = _kind(kinds, "interpolate", cmd_interpolate, "lerp and slerp between two images' embeddings",
+    p = _kind(kinds, "interpolate", "lerp and slerp between two images' embeddings",
               "Samples along the path from f(A) to f(B), t = 0 ... 1 with endpoints, the same noise at every "
               "point.", 1)
     p.add_argument("--image", nargs=2, required=True, metavar=("A", "B"), help="the two endpoint images")
     p.add_argument("--points", type=int, default=8, help="points on the path, endpoints included (default: 8)")
     p.add_argument("--modes", nargs="+", default=["lerp", "slerp"], choices=["lerp", "slerp"],
                    help="paths to draw, one row each (default: lerp slerp)")
-    p = _kind(kinds, "manipulate", cmd_manipulate, "zero or transplant the dims shared by nearest neighbours",
+    p = _kind(kinds, "manipulate", "zero or transplant the dims shared by nearest neighbours",
               "Dims non-zero in most of the source's k nearest neighbours in a bank are zeroed, or transplanted "
               "from a target image.", 4)
     p.add_argument("--source", required=True, help="the image to manipulate")
@@ -217,7 +256,7 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=float, default=1e-6, help="|h| above this counts as non-zero (default: 1e-6)")
     p.add_argument("--min-frac", type=float, default=0.5,
                    help="a dim is common if non-zero in more than this fraction of the neighbours (default: 0.5)")
-    p = _kind(kinds, "invariance", cmd_invariance, "condition on f(t(x)): scores 1 = t kept, 0 = discarded",
+    p = _kind(kinds, "invariance", "condition on f(t(x)): scores 1 = t kept, 0 = discarded",
               "Scores per augmentation and model; the statistics are defined in rcdm.analysis.invariance.", 4,
               many="default", images=8)
     p.add_argument("--augmentations", nargs="+", default=list(AUGMENTATIONS), choices=list(AUGMENTATIONS),
@@ -227,7 +266,7 @@ def add_parser(sub) -> None:
     p.add_argument("--rotation-deg", type=float, default=90.0, help="rotation angle in degrees (default: 90)")
     p.add_argument("--blur-sigma", type=float, default=0.04,
                    help="Gaussian blur sigma as a fraction of the image side (default: 0.04)")
-    p = _kind(kinds, "adversarial", cmd_adversarial, "PGD towards a target embedding, then sample",
+    p = _kind(kinds, "adversarial", "PGD towards a target embedding, then sample",
               "L-inf PGD on the encoder input moves f(source) towards f(target); samples from f(x_adv) show what "
               "the representation now sees, beside samples from f(source) and f(target) with the same noise.", 4)
     p.add_argument("--source", required=True, help="the image to perturb")
@@ -239,7 +278,7 @@ def add_parser(sub) -> None:
                    help="data spec of extra reference images for the ranks of source and target (default: none, "
                         "ranks among the two alone)")
     p.add_argument("--num-references", type=int, default=98, help="extra references from --references (default: 98)")
-    p = _kind(kinds, "memorization", cmd_memorization, "Déjà vu: does the foreground come back from the background?",
+    p = _kind(kinds, "memorization", "Déjà vu: does the foreground come back from the background?",
               "Condition on the embedding of a background-only crop (or the mean of its nearest neighbours in a "
               "labelled bank) and count how often the samples' kNN class is the hidden one, on train vs "
               "held-out images.", 4)
@@ -249,16 +288,16 @@ def add_parser(sub) -> None:
     p.add_argument("--bank", required=True,
                    help="labelled embeddings of a public set: an `rcdm embed` cache of the model's encoder and layer, "
                         "or a data spec whose train split is embedded")
-    p.add_argument("--background", default="frame", choices=list(BACKGROUNDS),
+    p.add_argument("--background", default="frame", choices=list(MEMORIZATION_BACKGROUNDS),
                    help="frame: centre box hidden; corner: top-left corner outside the box; none: images are already "
                         "background crops (default: frame)")
     p.add_argument("--box-frac", type=float, default=0.5,
                    help="side of the hidden centre box / image side (default: 0.5)")
-    p.add_argument("--modes", nargs="+", default=list(MEM_MODES), choices=list(MEM_MODES),
+    p.add_argument("--modes", nargs="+", default=list(MEMORIZATION_MODES), choices=list(MEMORIZATION_MODES),
                    help="patch: condition on the crop's embedding; knn: on the mean of its neighbours in the bank "
                         "(default: patch knn)")
     p.add_argument("--k-neighbours", type=int, default=20, help="neighbours averaged in knn mode (default: 20)")
     p.add_argument("--knn-k", type=int, default=20, help="k of the kNN classifier that labels samples (default: 20)")
-    _kind(kinds, "layers", cmd_layers, "one RCDM per layer of one encoder: rows = layers",
+    _kind(kinds, "layers", "one RCDM per layer of one encoder: rows = layers",
           "Guillotine Regularization: RCDMs trained on successive layers of one encoder, one grid row and one "
           "table row (rank, diversity) per layer. Give --model in layer order.", 2, many="shipped", images=6)

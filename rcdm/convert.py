@@ -8,10 +8,11 @@ Each file is a plain state dict of guided-diffusion's `UNetModel` (RCDM's fork, 
 maps every tensor onto `rcdm.adm.ADMUNet` exactly once, checking every shape; the result is a self-describing
 pipeline directory that records the encoder, RCDM's preprocessing (224 centre crop of the short side, pixels in
 [-1, 1], no ImageNet mean/std; the UNet sees the 128 centre crop), the schedule (linear, 1000 steps, learned
-range) and 100 ancestral steps as its default sampler, as the reference samples.
+range) and RCDM's own sampler as its default (guided-diffusion's 100 respaced ancestral steps, `ddpm-linspace`).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ LICENCE = "CC-BY-NC 4.0 (facebookresearch/RCDM)"
 # for these encoders (ImageNet mean/std, 256 -> 224) is not what the RCDMs were trained on.
 RCDM_PREPROCESS = {"size": 224, "crop": 224, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
                    "pixel_range": [-1.0, 1.0], "interpolation": "box-bicubic"}
+SAMPLER = "ddpm-linspace"  # RCDM's `timestep_respacing "100"` (rcdm.schedulers); recorded in every converted model
 REFERENCE = dict(sample_size=128, model_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
                  attention_levels=(2, 3, 4), num_heads=4, learn_sigma=True)  # README's MODEL_FLAGS_128
 
@@ -159,13 +161,10 @@ def read_checkpoint(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such RCDM checkpoint")
-    try:
-        state = read_weights(p)
-    except (RuntimeError, EOFError) as e:  # a truncated zip or pickle
-        raise ValueError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); is it truncated?") from None
+    state = read_weights(p)  # empty, cut-short or foreign files: one ValueError line naming the file
     if not isinstance(state, dict) or "ssl_emb.weight" not in state:
         raise ValueError(f"{p}: not an RCDM checkpoint (no 'ssl_emb.weight'; RCDM files are state dicts of "
-                         "guided-diffusion's UNetModel with instance conditioning)")
+                         "guided-diffusion's UNetModel with instance conditioning, e.g. rcdm_ema_dino_trunk.pt)")
     return state
 
 
@@ -179,24 +178,26 @@ def build_unet(state: dict) -> ADMUNet:
 
 def convert(checkpoint, encoder: str, layer: str, out, command: str = "", source: str | None = None) -> Path:
     """Convert one released file into a pipeline directory at `out` (written atomically)."""
-    from .encoders import load_encoder
+    from .encoders import Preprocess, load_encoder
     from .pipeline import RCDMPipeline
     from .schedulers import make_scheduler, training_scheduler
 
+    enc = load_encoder(encoder, layer)
+    if enc.random_init:  # from_pretrained would refuse the result: its fingerprint changes with every init
+        raise ValueError(f"--encoder {encoder!r} has random weights, but an RCDM is conditioned on the trained "
+                         "encoder it was released with: name its weights, e.g. torchvision:resnet50@IMAGENET1K_V1 or "
+                         "dino_resnet50[@FILE] (rcdm.convert.PUBLISHED lists each release's encoder)")
     state = read_checkpoint(checkpoint)
     unet = build_unet(state)
     converted = convert_state_dict(state, unet)
     unet = unet.to_empty(device="cpu")
     unet.load_state_dict({**unet.state_dict(), **converted, "embedding_mean": torch.zeros(unet.config.embedding_dim),
                           "embedding_std": torch.ones(unet.config.embedding_dim)}, strict=True)
-    enc = load_encoder(encoder, layer)
     if enc.dim != unet.config.embedding_dim:
         raise ValueError(f"{checkpoint}: this RCDM was trained on {unet.config.embedding_dim}-d embeddings, but "
                          f"encoder {encoder!r} layer {layer!r} gives {enc.dim}-d ones; pick the matching encoder/layer")
-    from .encoders import Preprocess
-
     enc.preprocess = Preprocess.from_dict(RCDM_PREPROCESS)
-    sched = make_scheduler("ddpm", training_scheduler("epsilon", variance_type="learned_range").config)
+    sched = make_scheduler(SAMPLER, training_scheduler("epsilon", variance_type="learned_range").config)
     pipe = RCDMPipeline(unet=unet.eval(), scheduler=sched, encoder=enc)
     pipe.sampling_defaults = {"num_inference_steps": 100, "guidance_scale": 1.0}
     training = {"command": command, "converted_from": source or str(checkpoint), "licence": LICENCE,
@@ -207,17 +208,21 @@ def convert(checkpoint, encoder: str, layer: str, out, command: str = "", source
 
 
 def write_card(out: Path, source: str, encoder: str, layer: str, command: str, unet: ADMUNet) -> None:
-    n = sum(p.numel() for p in unet.parameters())
+    n, cfg = sum(p.numel() for p in unet.parameters()), unet.config
+    levels = "/".join(str(cfg.sample_size // 2**i) for i in cfg.attention_levels)
     (out / "README.md").write_text(
         f"# RCDM ImageNet-128 on `{encoder}` ({layer})\n\n"
         f"Converted from `{source}`, released by Bordes et al. (facebookresearch/RCDM) under {LICENCE}: "
         "non-commercial use only.\n\n"
-        f"- Network: guided-diffusion ADM, 128 px, 256 channels, mult (1, 1, 2, 3, 4), attention at 32/16/8 px, 4 heads, "
-        f"learned variance; {n:,} parameters; h ({unet.config.embedding_dim}-d) enters through one Linear added to "
-        "the time embedding.\n"
-        "- Encoder input: short side to 224, centre crop, pixels in [-1, 1], no mean/std (RCDM's `center_crop_arr`).\n"
-        "- Sampler: DDPM ancestral with the learned variance, 100 steps (the reference's respacing); no "
-        "classifier-free guidance (the released models have no null condition).\n\n"
+        f"- Network: guided-diffusion ADM, {cfg.sample_size} px, {cfg.model_channels} channels, mult "
+        f"{tuple(cfg.channel_mult)}, attention at {levels} px, {cfg.num_heads} heads, learned variance; {n:,} "
+        f"parameters; h ({cfg.embedding_dim}-d) enters through one Linear added to the time embedding.\n"
+        "- Encoder input: RCDM's `center_crop_arr` at 224 (2x2 box halving, bicubic resize of the short side to 224 "
+        "with the long side rounded, centre crop), pixels in [-1, 1], no mean/std.\n"
+        f"- Sampler: `{SAMPLER}`, guided-diffusion's respaced ancestral sampler as RCDM samples: 100 steps on "
+        "space_timesteps(1000, [100]) = 999, 989, ..., 10, 0, the learned variance, x0 clipped to [-1, 1], no noise "
+        "at t = 0. The faster samplers (ddim, dpm++, ...) are one `scheduler=` away. No classifier-free guidance "
+        "(the released models have no null condition).\n\n"
         f"Command:\n\n```\n{command}\n```\n")
 
 
@@ -233,17 +238,27 @@ def resolve_published(name: str, cache_dir: str | os.PathLike | None = None) -> 
     pub = PUBLISHED[base]
     root = Path(cache_dir or Path(torch.hub.get_dir()) / "rcdm")
     out = root / (base if not local else f"{base}-{Path(local).stem}")
-    if (out / "rcdm_pipeline.json").is_file():
+    if _current(out):
         return out
-    ckpt = Path(local) if local else _download(RCDM_URL.format(pub.stem), root)
+    ckpt = Path(local) if local else _download(RCDM_URL.format(pub.stem), root, name)
     encoder = f"{pub.encoder.split('@')[0]}@{enc_file}" if enc_file else pub.encoder
     return convert(ckpt, encoder, pub.layer, out, command=f"RCDMPipeline.from_pretrained({name!r})",
                    source=RCDM_URL.format(pub.stem))
 
 
-def _download(url: str, root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+def _current(out: Path) -> bool:
+    """A conversion made before the recorded sampler became RCDM's own is made again (same weights)."""
+    meta = out / "rcdm_pipeline.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("scheduler") == SAMPLER
+
+
+def _download(url: str, root: Path, name: str) -> Path:
+    """The RCDM file through the cache; offline and not cached: one line at once, not a network timeout."""
+    from .encoders.online import check_url
+
     dst = root / Path(url).name
+    check_url(name, url, dst, f"use {name.partition('@')[0]}@FILE[+ENCODER_FILE]")
+    root.mkdir(parents=True, exist_ok=True)
     if not dst.is_file():
         torch.hub.download_url_to_file(url, str(dst), progress=True)  # writes a temporary file, then renames
     return dst

@@ -12,6 +12,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 _THRESHOLD = {"thresholding": True, "sample_max_value": 1.0}
 SCHEDULERS = {
     "ddpm": (DDPMScheduler, {"clip_sample": True, "clip_sample_range": 1.0}),
+    # guided-diffusion's respaced ancestral sampler, as RCDM samples its published models (`timestep_respacing
+    # "100"` = respace.space_timesteps(1000, [100])): steps round(i (T - 1) / (N - 1)), i.e. 999, 989, ..., 10, 0;
+    # betas recomputed between the kept steps (diffusers' DDPM step does that from alphas_cumprod), the last step
+    # at t = 0 adds no noise, and x0 is clipped to [-1, 1] (`clip_denoised=True`)
+    "ddpm-linspace": (DDPMScheduler, {"clip_sample": True, "clip_sample_range": 1.0, "timestep_spacing": "linspace"}),
     "ddim": (DDIMScheduler, {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_THRESHOLD}),
     "unipc": (UniPCMultistepScheduler, {"solver_order": 2, **_THRESHOLD}),
@@ -47,12 +52,17 @@ def make_scheduler(name: str, config):
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
-    return cls.from_config(config, **extra, timestep_spacing="trailing")
+    return cls.from_config(config, **_settings(extra))
+
+
+def _settings(extra: dict) -> dict:
+    """A sampler's settings; the grid is "trailing" unless it names its own."""
+    return {"timestep_spacing": "trailing", **extra}
 
 
 def scheduler_name(scheduler) -> str:
     """Inverse of `make_scheduler`: the name whose class and settings the scheduler has (several share a class)."""
     for name, (cls, extra) in SCHEDULERS.items():
-        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in extra.items()):
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in _settings(extra).items()):
             return name
     return type(scheduler).__name__

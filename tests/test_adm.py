@@ -310,3 +310,126 @@ def test_imagenet_preset_is_the_reference_network_and_trains(tmp_path, tiny_npz,
     assert pipe.scheduler.config.variance_type == "learned_range"
     out = pipe(embeddings=torch.randn(2, 64), num_inference_steps=2, guidance_scale=2.0, output_type="pt").images
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------ RCDM's sampler
+def gd_space_timesteps(num_timesteps, count):
+    """guided-diffusion respace.space_timesteps(num_timesteps, [count]) for one section: `count` steps evenly
+    strided from 0 to num_timesteps - 1, each rounded to the nearest integer."""
+    stride = (num_timesteps - 1) / (count - 1)
+    return sorted({round(i * stride) for i in range(count)})
+
+
+def gd_sample(model, h, noise, steps=100):
+    """guided-diffusion's p_sample_loop on the respaced process (SpacedDiffusion, learn_sigma, clip_denoised=True),
+    in float64 as guided-diffusion keeps its schedule: betas between kept steps from alphas_cumprod, the learned
+    variance interpolated in log space between the respaced beta and the clipped posterior variance, x0 clipped to
+    [-1, 1], noise added at every step but the last (t = 0). `noise()` gives x_T, then one tensor per noisy step."""
+    import numpy as np
+
+    acp_full = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # linear schedule, scale 1
+    use = gd_space_timesteps(1000, steps)
+    betas = 1 - acp_full[use] / np.concatenate([[1.0], acp_full[use][:-1]])  # respaced betas
+    acp = np.cumprod(1 - betas)
+    acp_prev = np.concatenate([[1.0], acp[:-1]])
+    post_var = betas * (1 - acp_prev) / (1 - acp)
+    post_logvar = np.log(np.concatenate([post_var[1:2], post_var[1:]]))  # "clipped": index 0 borrows index 1
+    coef_x0, coef_xt = betas * np.sqrt(acp_prev) / (1 - acp), (1 - acp_prev) * np.sqrt(1 - betas) / (1 - acp)
+    x = noise().double()
+    for i in reversed(range(steps)):
+        with torch.no_grad():
+            out = model(x.float(), torch.full((len(x),), use[i]), h).double()  # the model sees the original t
+        eps, v = out[:, :3], out[:, 3:]
+        frac = (v + 1) / 2
+        logvar = frac * math.log(betas[i]) + (1 - frac) * post_logvar[i]
+        x0 = (math.sqrt(1 / acp[i]) * x - math.sqrt(1 / acp[i] - 1) * eps).clamp(-1, 1)
+        mean = coef_x0[i] * x0 + coef_xt[i] * x
+        x = mean + torch.exp(0.5 * logvar) * noise().double() if i > 0 else mean
+    return x.float()
+
+
+def test_respacing_formula_is_rcdms_grid():
+    use = gd_space_timesteps(1000, 100)
+    assert len(use) == 100 and use[:3] == [0, 10, 20] and use[-3:] == [979, 989, 999] and use[6] == 61
+
+
+@pytest.fixture(scope="module")
+def converted(small_release, tmp_path_factory, tiny_encoder_dir):
+    _, path = small_release
+    return convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path_factory.mktemp("conv") / "c")
+
+
+def test_converted_model_records_rcdms_sampler_and_grid(converted):
+    from rcdm import RCDMPipeline
+    from rcdm.schedulers import scheduler_name
+
+    pipe = RCDMPipeline.from_pretrained(converted)
+    assert scheduler_name(pipe.scheduler) == "ddpm-linspace" and pipe.sampling_defaults["num_inference_steps"] == 100
+    pipe.scheduler.set_timesteps(100)
+    assert pipe.scheduler.timesteps.tolist() == gd_space_timesteps(1000, 100)[::-1]
+    for fast in ("ddim", "dpm++"):  # the faster samplers stay one argument away
+        assert scheduler_name(RCDMPipeline.from_pretrained(converted, scheduler=fast).scheduler) == fast
+    card = (converted / "README.md").read_text()
+    assert "32 channels" in card and "ddpm-linspace" in card  # the width of this file, not the reference's 256
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm-linspace", 100), ("ddpm-linspace", 7)])
+def test_converted_chain_equals_guided_diffusions_chain(converted, tiny_encoder_dir, sampler, steps):
+    """The pipeline's sampling loop with the recorded sampler, against guided-diffusion's respaced p_sample_loop
+    restated above, on one network and identical noise (a 16 px ADM: the chain's arithmetic does not depend on size)."""
+    from rcdm import RCDMPipeline
+    from rcdm.schedulers import make_scheduler
+
+    ref, adm = tiny_pair(ssl_dim=64)
+    loaded = RCDMPipeline.from_pretrained(converted)
+    pipe = RCDMPipeline(unet=adm, scheduler=make_scheduler(sampler, loaded.scheduler.config), encoder=loaded.encoder)
+    pipe.set_progress_bar_config(disable=True)
+    h = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    got = pipe._sample(h, steps, 1.0, torch.Generator().manual_seed(1), None)  # (2, 3, 16, 16), before any clamp
+    g = torch.Generator().manual_seed(1)
+    want = gd_sample(ref, h, lambda: torch.randn(2, 3, 16, 16, generator=g), steps)
+    assert want.abs().max() <= 1 and got.abs().max() <= 1  # the last step returns the clipped x0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # measured max 1.4e-5 (the trailing grid: 0.16)
+
+
+def test_convert_refuses_random_init_encoders_and_bad_files_in_one_line(small_release, tiny_encoder_dir, tmp_path,
+                                                                        capsys):
+    from rcdm.cli import main
+
+    _, path = small_release
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    blob = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 3])
+    cases = {"empty.pt": "is empty", "notes.pt": "neither a PyTorch checkpoint", "cut.pt": "truncated"}
+    for name, why in cases.items():
+        code = main(["convert-rcdm", str(tmp_path / name), "--encoder", f"file:{tiny_encoder_dir}",
+                     "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and why in err and str(tmp_path / name) in err and len(err.splitlines()) == 1, err
+    code = main(["convert-rcdm", str(path), "--encoder", "torchvision:resnet18", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "random weights" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_published_name_offline_fails_fast_with_one_line(tmp_path, monkeypatch):
+    import time
+
+    import rcdm.convert as C
+    from rcdm.encoders import load_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(OSError, match=r"rcdm_ema_dino_trunk\.pt is not in the cache .* HF_HUB_OFFLINE is set.*"
+                                      r"rcdm-imagenet128-dino-trunk@FILE"):
+        C.resolve_published("rcdm-imagenet128-dino-trunk", cache_dir=tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("rcdm.encoders.online.reachable", lambda url, timeout=3.0: False)  # no network, no env var
+    with pytest.raises(OSError, match=r"dl\.fbaipublicfiles\.com cannot be reached"):
+        C.resolve_published("rcdm-imagenet128-dino-trunk", cache_dir=tmp_path)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty torch hub cache
+    with pytest.raises(OSError, match=r"dino_resnet50: .*\.pth is not in the cache.*use dino_resnet50@FILE"):
+        load_encoder("dino_resnet50")
+    assert time.time() - t0 < 10

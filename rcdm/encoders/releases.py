@@ -156,7 +156,7 @@ def _rename(key: str, renames) -> str:
 
 
 def _build_release(spec: str, rel: Release, source: str, base_dir):
-    obj = read_weights(_resolve_path(source, base_dir, spec)) if source else _download(rel.url)
+    obj = read_weights(_resolve_path(source, base_dir, spec)) if source else _download(rel.url, spec)
     state = _unwrap(obj, rel.unwrap)
     if not isinstance(state, dict):
         raise ValueError(f"{spec}: expected a state dict under {'/'.join(rel.unwrap)}, found {type(state).__name__}")

@@ -21,45 +21,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
+from .hub import DEFAULT_MODEL, PIPELINE_FILE, resolve_model_path, shipped_models, upload_to_hub  # noqa: F401
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
 from .resources import pretrained_root  # where shipped models live (re-exported)
 from .sampling import DEFAULT_SAMPLING as _DEFAULTS
 from .schedulers import make_scheduler, scheduler_name, uses_learned_variance
 
-PIPELINE_FILE = "rcdm_pipeline.json"
 FORMAT = "rcdm-pipeline/1"
-DEFAULT_MODEL = "rcdm-cifar10-backbone"
+ENCODER_DIR = "encoder"  # where save_pretrained puts a copy of a local `file:` encoder: the model carries it
 # Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling", beside its
 # "scheduler"), chosen by measuring fidelity per NFE (benchmarks/sampler_nfe.py). One source: rcdm.sampling.
 DEFAULT_SAMPLING = {k: _DEFAULTS[k] for k in ("num_inference_steps", "guidance_scale")}
-
-
-def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
-    """A directory path, or the name of a shipped model in `pretrained/`; None means the default model."""
-    p = Path(name_or_path or DEFAULT_MODEL)
-    for cand in (p, pretrained_root() / p):
-        if (cand / PIPELINE_FILE).is_file():
-            return cand
-    from .convert import PUBLISHED, resolve_published
-
-    published = resolve_published(str(name_or_path)) if name_or_path else None  # downloads and converts once
-    if published is not None:
-        return published
-    shipped = sorted(d.name for d in pretrained_root().glob("*") if (d / PIPELINE_FILE).is_file())
-    raise FileNotFoundError(
-        f"no RCDM pipeline at '{name_or_path or DEFAULT_MODEL}' (looked for {PIPELINE_FILE} there and in "
-        f"{pretrained_root()}). Shipped models: {shipped or 'none found'}; published ImageNet-128 RCDMs: "
-        f"{', '.join(sorted(PUBLISHED))} (NAME@RCDM_FILE[+ENCODER_FILE] for local copies). Or pass a directory "
-        "written by `RCDMPipeline.save_pretrained` or `rcdm train`."
-    )
-
-
-def shipped_models() -> list[Path]:
-    """The model directories shipped in `pretrained/` (those holding an rcdm_pipeline.json), the default first."""
-    root = pretrained_root()
-    found = sorted(d for d in root.glob("*") if (d / PIPELINE_FILE).is_file()) if root.is_dir() else []
-    return sorted(found, key=lambda d: d.name != DEFAULT_MODEL)
 
 
 @dataclass
@@ -117,13 +90,15 @@ class RCDMPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------ IO
     @classmethod
-    def from_pretrained(cls, name_or_path=None, encoder=None, device=None, torch_dtype=torch.float32,
-                        scheduler: str | None = None):
-        """Load a pipeline directory (or a shipped model by name; None = default). No flags are needed: the
-        directory records the encoder spec, layer, dimension, preprocessing, resolution and schedule."""
+    def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, cache_dir=None, token=None,
+                        encoder=None, device=None, torch_dtype=torch.float32, scheduler: str | None = None):
+        """Load a pipeline directory, a shipped model by name (None = the default), a published ImageNet-128 RCDM,
+        or a Hub repo id "org/name" (`revision`, `cache_dir`, `token` as in huggingface_hub; HF_HUB_OFFLINE=1 reads
+        the cache only). No flags are needed: the directory records the encoder spec, layer, dimension,
+        preprocessing, resolution and schedule."""
         from .encoders import Preprocess, load_encoder
 
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
         meta = read_meta(path)
         unet = denoiser_class(path / "unet").from_pretrained(path / "unet", torch_dtype=torch_dtype)
         enc_cfg = meta["encoder"]
@@ -147,24 +122,44 @@ class RCDMPipeline(DiffusionPipeline):
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, save_directory, dtype: torch.dtype | None = None, training: dict | None = None):
-        """Write unet/ (safetensors + config), scheduler/ and rcdm_pipeline.json atomically: a temporary
-        directory that is renamed into place, so a crash never leaves a half-written model. Saving over an
-        existing model keeps the files the pipeline does not own (a model card, sample grids)."""
+        """Write unet/ (safetensors + config), scheduler/, rcdm_pipeline.json, diffusers' model_index.json and, for
+        a local `file:` encoder, a copy of it in encoder/ (the model carries its encoder; a spec never points out
+        of the directory). Atomic: a temporary directory is renamed into place, so a crash never leaves a
+        half-written model. Saving over an existing model keeps the files the pipeline does not own (a model
+        card, sample grids)."""
         out = Path(save_directory)
         tmp = fresh_tmp_dir(out)
-        keep_foreign_files(out, tmp, owned={"unet", "scheduler", PIPELINE_FILE})
+        keep_foreign_files(out, tmp, owned={"unet", "scheduler", ENCODER_DIR, PIPELINE_FILE, self.config_name})
         unet = self.unet if dtype is None else _copy_to_dtype(self.unet, dtype)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(tmp / "scheduler")
         enc = self.encoder.config()
-        # a relative spec must still name the same encoder when read from the new directory
-        enc["spec"] = relocate_spec(enc["spec"], out, base=self.spec_base)
+        enc["spec"] = bundle_encoder(enc["spec"], self.spec_base, tmp)
         meta = {"format": FORMAT, "encoder": enc, "resolution": self.resolution,
                 "pixel_range": [-1.0, 1.0], "prediction_type": self.unet.config.prediction_type,
                 "scheduler": scheduler_name(self.scheduler), "sampling": self.sampling_defaults,
                 "training": training or self.training_info}
         (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
+        self.save_config(tmp)  # model_index.json: the pipeline class and [library, class] per component
         replace_dir(tmp, out)
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload RCDM pipeline", private: bool | None = None,
+                    token=None, revision: str | None = None, create_pr: bool = False,
+                    dtype: torch.dtype | None = None) -> str:
+        """Save to a temporary directory (`save_pretrained`, with the model card of the directory this pipeline was
+        loaded from, if any) and upload it to the Hub model repo `repo_id`, created if missing; the commit URL.
+        It loads back with `RCDMPipeline.from_pretrained(repo_id)`."""
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            folder = Path(d) / "model"
+            self.save_pretrained(folder, dtype=dtype)
+            card = Path(self.spec_base) / "README.md"
+            if (Path(self.spec_base) / PIPELINE_FILE).is_file() and card.is_file():
+                shutil.copy2(card, folder / "README.md")
+            return upload_to_hub(folder, repo_id, commit_message=commit_message, private=private, token=token,
+                                 revision=revision, create_pr=create_pr)
 
     # ------------------------------------------------------------------------------------------------ API
     @torch.no_grad()
@@ -273,11 +268,38 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
 
 
+def bundle_encoder(spec: str, base, out_dir: Path) -> str:
+    """The encoder spec a model saved in `out_dir` records. A local `file:` encoder (relative specs read from `base`)
+    is copied into out_dir/encoder/ and named `file:encoder`, relative to the model directory; the shipped one is
+    named `pretrained:NAME` instead (it resolves wherever rcdm is installed). Other specs are kept as they are."""
+    import shutil
+
+    if not spec.startswith("file:"):
+        return spec
+    src = (Path(base) / spec[5:]).resolve()  # an absolute spec path stays itself
+    weights = src / "model.safetensors" if src.is_dir() else src
+    if src.is_dir() and src.parent == pretrained_root().resolve():
+        return f"pretrained:{src.name}"
+    missing = [f for f in (weights.parent / "config.json", weights) if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot save encoder {spec!r} with the model: {missing[0]} is gone")
+    dst = Path(out_dir) / ENCODER_DIR
+    dst.mkdir()
+    for f in (weights.parent / "config.json", weights, weights.parent / "README.md"):
+        if f.is_file():
+            shutil.copy2(f, dst / f.name)
+    return f"file:{ENCODER_DIR}" if src.is_dir() else f"file:{ENCODER_DIR}/{weights.name}"
+
+
 def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
-    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`."""
+    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`, for
+    tools that copy a model directory whole. A spec inside `base` (`file:encoder`) travels with the copy: kept."""
     if not spec.startswith("file:") or os.path.isabs(spec[5:]):
         return spec
-    return "file:" + os.path.relpath((Path(base) / spec[5:]).resolve(), Path(out_dir).resolve())
+    target = (Path(base) / spec[5:]).resolve()
+    if target.is_relative_to(Path(base).resolve()):
+        return spec
+    return "file:" + os.path.relpath(target, Path(out_dir).resolve())
 
 
 def denoiser_class(unet_dir: Path):
@@ -288,9 +310,11 @@ def denoiser_class(unet_dir: Path):
     return ADMUNet if name == "ADMUNet" else RCDMUNet
 
 
-def read_meta(name_or_path=None) -> dict:
-    """A model's rcdm_pipeline.json (encoder, sampling, training record) without loading its weights."""
-    path = resolve_model_path(name_or_path)
+def read_meta(name_or_path=None, revision: str | None = None, cache_dir=None, token=None) -> dict:
+    """A model's rcdm_pipeline.json (encoder, sampling, training record) without loading its weights (of a Hub repo,
+    only that file is fetched)."""
+    path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
+                              allow_patterns=[PIPELINE_FILE])
     meta = json.loads((path / PIPELINE_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
@@ -299,7 +323,7 @@ def read_meta(name_or_path=None) -> dict:
 
 def recorded_sampling(name_or_path=None) -> dict:
     """A model's sampling defaults (steps, guidance) without loading its weights, e.g. for UI widgets."""
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, allow_patterns=[PIPELINE_FILE])
     return _checked_sampling(read_meta(path).get("sampling", {}), path)
 
 
@@ -327,7 +351,8 @@ def check_encoder_matches(encoder, recorded: dict, where) -> None:
     """Refuse an encoder other than the one the denoiser was trained on: its samples would be meaningless."""
     got = {"spec": encoder.spec, "layer": encoder.layer, "dim": encoder.dim}
     want = {k: recorded[k] for k in got}
-    if got["dim"] != want["dim"] or got["layer"] != want["layer"] or _spec_key(got["spec"]) != _spec_key(want["spec"]):
+    same = _same_spec(got["spec"], want["spec"], recorded.get("fingerprint"))
+    if got["dim"] != want["dim"] or got["layer"] != want["layer"] or not same:
         raise ValueError(
             f"{where}: this denoiser was trained on encoder {want['spec']!r}, layer {want['layer']!r} "
             f"({want['dim']}-d), but was given {got['spec']!r}, layer {got['layer']!r} ({got['dim']}-d). "
@@ -352,9 +377,20 @@ def check_encoder_weights(encoder, recorded: dict, where) -> None:
                          f"on (fingerprint {got[:12]} != recorded {want[:12]}).{why}")
 
 
+def _same_spec(got: str, want: str, fingerprint: str | None) -> bool:
+    """Specs name the same encoder: the same name, wherever a local copy of the weights lives (`name@PATH`). Local
+    rcdm-native encoders (`file:`, `pretrained:`) move and are renamed when a model carries its own copy
+    (`file:encoder`): with a recorded fingerprint, the weights decide (`check_encoder_weights`)."""
+    local = ("file:", "pretrained:")
+    if fingerprint and got.startswith(local) and want.startswith(local):
+        return True
+    return _spec_key(got) == _spec_key(want)
+
+
 def _spec_key(spec: str) -> str:
-    """Compare specs by what they name, not where a local copy of the weights lives (`name@PATH`)."""
-    return spec.split("@")[0] if not spec.startswith("file:") else Path(spec[5:]).name
+    if spec.startswith("file:"):
+        return Path(spec[5:]).name
+    return spec.partition(":")[2] if spec.startswith("pretrained:") else spec.split("@")[0]
 
 
 def _cast(module, dtype):

@@ -3,6 +3,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,13 @@ def test_choosing_scores_every_model_and_seed_on_the_same_noise(tiny_pipeline_di
     assert "a=b: 2 seeds" in capsys.readouterr().out
 
 
-def _with_history(pipe_dir, runs):
-    """Give a tiny pipeline a training history and, as `rcdm train` writes it, a relative encoder path."""
+def _with_history(pipe_dir, runs, encoder_dir):
+    """Give a tiny pipeline a training history and, as `rcdm train` wrote it before models carried their encoder, a
+    relative encoder path out of the directory."""
     meta_path = pipe_dir / "rcdm_pipeline.json"
     meta = json.loads(meta_path.read_text())
-    meta["encoder"]["spec"] = "file:" + os.path.relpath(meta["encoder"]["spec"][5:], pipe_dir)
+    shutil.rmtree(pipe_dir / "encoder")
+    meta["encoder"]["spec"] = "file:" + os.path.relpath(encoder_dir, pipe_dir)
     meta["training"] = {"command": runs[-1][0], "steps": runs[-1][1],
                         "history": [{"command": c, "steps": s} for c, s in runs]}
     meta_path.write_text(json.dumps(meta))
@@ -75,8 +78,8 @@ def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_e
     wa = _load("weight_average")
     a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, seed=0)
     b = make_tiny_pipeline(tmp_path / "b", tiny_encoder_dir, seed=1)
-    _with_history(a, [("parent", 100), ("branch a", 30)])
-    _with_history(b, [("parent", 100), ("branch b", 7)])
+    _with_history(a, [("parent", 100), ("branch a", 30)], tiny_encoder_dir)
+    _with_history(b, [("parent", 100), ("branch b", 7)], tiny_encoder_dir)
     out = tmp_path / "deeper" / "soup"  # another depth, so a copied relative encoder path would break
     out.parent.mkdir()
     wa.main([str(out), str(a), str(b), "--weight-a", "0.25"])

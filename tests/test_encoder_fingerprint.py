@@ -57,7 +57,8 @@ def test_changed_encoder_weights_are_caught_by_training_and_the_pipeline(own_enc
     assert meta["encoder"]["fingerprint"] == recorded == load_encoder(f"file:{own_encoder}").fingerprint()
     RCDMPipeline.from_pretrained(pipe_dir)  # unchanged: loads
 
-    make_tiny_encoder(own_encoder, seed=1)  # same spec, same architecture, other weights
+    for enc in (own_encoder, pipe_dir / "encoder"):  # the original and the copy the model carries
+        make_tiny_encoder(enc, seed=1)  # same spec, same architecture, other weights
     with pytest.raises(ValueError, match="other weights than the ones this denoiser was trained on"):
         RCDMPipeline.from_pretrained(pipe_dir)
     with pytest.raises(ValueError, match="other weights than the ones this denoiser was trained on"):

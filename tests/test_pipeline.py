@@ -51,6 +51,24 @@ def test_save_load_roundtrip_identical(pipe, tmp_path, cifar_test_images):
     assert set(meta["encoder"]["preprocess"]) >= {"size", "crop", "mean", "std", "pixel_range"}
 
 
+def test_saved_model_is_a_diffusers_pipeline_directory(pipe, tmp_path):
+    """model_index.json names each component as diffusers writes it; diffusers' loaders read them by that name."""
+    import importlib
+
+    from diffusers import DiffusionPipeline
+
+    pipe.save_pretrained(tmp_path / "m")
+    index = DiffusionPipeline.load_config(tmp_path / "m")
+    assert index["_class_name"] == "RCDMPipeline" and index["_diffusers_version"]
+    assert index["unet"] == ["rcdm.model", "RCDMUNet"]
+    assert index["scheduler"] == ["diffusers", type(pipe.scheduler).__name__]
+    for name in ("unet", "scheduler"):  # what diffusers' pipeline loader does for each component
+        library, cls = index[name]
+        component = getattr(importlib.import_module(library), cls).from_pretrained(tmp_path / "m", subfolder=name)
+        assert type(component) is type(getattr(pipe, name))
+    assert "training" not in index and "encoder" in json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())
+
+
 def test_image_path_equals_embedding_path(pipe, cifar_test_images):
     imgs = cifar_test_images[0][:3]
     h = pipe.encode(imgs)
@@ -134,23 +152,76 @@ def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):
     assert calls == [24] * 5  # 3 inputs x 4 samples x (cond + null)
 
 
-def test_saving_elsewhere_re_aims_a_relative_encoder_path(tiny_pipeline_dir, tmp_path, monkeypatch):
-    """A model whose encoder is `file:../encoder` (as the shipped ones are) and that is saved at another depth must
-    still name the same encoder: the spec was once copied verbatim and then pointed at nothing."""
+def _old_layout(tiny_pipeline_dir, root):
+    """A model as saved before issue 33: no model_index.json, its encoder beside it as `file:../encoder`."""
     import shutil
 
-    shutil.copytree(tiny_pipeline_dir, tmp_path / "a" / "model")
-    meta_path = tmp_path / "a" / "model" / "rcdm_pipeline.json"
+    shutil.copytree(tiny_pipeline_dir, root / "model")
+    meta_path = root / "model" / "rcdm_pipeline.json"
     meta = json.loads(meta_path.read_text())
-    shutil.copytree(meta["encoder"]["spec"][5:], tmp_path / "a" / "encoder")
-    meta["encoder"]["spec"] = "file:../encoder"
-    meta_path.write_text(json.dumps(meta))
+    assert meta["encoder"]["spec"] == "file:encoder"  # today's layout: the encoder travels inside
+    shutil.move(root / "model" / "encoder", root / "encoder")
+    (root / "model" / "model_index.json").unlink()
+    meta_path.write_text(json.dumps({**meta, "encoder": {**meta["encoder"], "spec": "file:../encoder"}}))
+    return root / "model"
+
+
+def test_an_old_directory_still_loads(tiny_pipeline_dir, tmp_path, monkeypatch):
+    old = _old_layout(tiny_pipeline_dir, tmp_path / "a")
     monkeypatch.chdir(tmp_path)  # the working directory is neither the model's nor the encoder's parent
-    RCDMPipeline.from_pretrained(tmp_path / "a" / "model").save_pretrained(tmp_path / "b" / "c" / "copy")
+    again = RCDMPipeline.from_pretrained(old)  # checks the encoder's fingerprint too
+    kw = dict(embeddings=torch.ones(1, again.encoder.dim), num_samples=2, num_inference_steps=2, output_type="pt")
+    assert torch.equal(again(generator=_gen(), **kw).images,
+                       RCDMPipeline.from_pretrained(tiny_pipeline_dir)(generator=_gen(), **kw).images)
+
+
+def test_a_saved_copy_carries_its_encoder(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """A local `file:` encoder is copied into the saved model (`file:encoder`), so the copy loads after the original
+    encoder is deleted: a relative spec out of the directory once pointed at nothing when the model moved."""
+    import shutil
+
+    old = _old_layout(tiny_pipeline_dir, tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    pipe = RCDMPipeline.from_pretrained(old)
+    pipe.save_pretrained(tmp_path / "b" / "c" / "copy")
+    shutil.rmtree(tmp_path / "a")
     saved = json.loads((tmp_path / "b" / "c" / "copy" / "rcdm_pipeline.json").read_text())
-    assert saved["encoder"]["spec"] == "file:../../../a/encoder"
-    again = RCDMPipeline.from_pretrained(tmp_path / "b" / "c" / "copy")  # checks the encoder's fingerprint too
-    assert again.encoder.dim == meta["encoder"]["dim"]
+    assert saved["encoder"]["spec"] == "file:encoder"
+    assert {f.name for f in (tmp_path / "b" / "c" / "copy" / "encoder").iterdir()} >= {"config.json",
+                                                                                       "model.safetensors"}
+    again = RCDMPipeline.from_pretrained(tmp_path / "b" / "c" / "copy")
+    h = torch.ones(1, pipe.encoder.dim)
+    assert again.encoder.fingerprint() == pipe.encoder.fingerprint()
+    kw = dict(embeddings=h, num_samples=2, num_inference_steps=2, output_type="pt")
+    assert torch.equal(again(generator=_gen(), **kw).images, pipe(generator=_gen(), **kw).images)
+    again.save_pretrained(tmp_path / "b" / "c" / "copy")  # over itself: the encoder it reads is the one it replaces
+    assert RCDMPipeline.from_pretrained(tmp_path / "b" / "c" / "copy").encoder.fingerprint() == pipe.encoder.fingerprint()
+
+
+def test_a_shipped_encoder_is_named_not_copied(tiny_encoder_dir, tmp_path, monkeypatch):
+    """An encoder under pretrained_root() is recorded as `pretrained:NAME`, which resolves wherever rcdm is installed."""
+    import shutil
+
+    from conftest import make_tiny_pipeline
+
+    root = tmp_path / "shipped"
+    shutil.copytree(tiny_encoder_dir, root / "tiny-ssl")
+    monkeypatch.setenv("RCDM_PRETRAINED", str(root))
+    make_tiny_pipeline(tmp_path / "m", root / "tiny-ssl")
+    meta = json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())
+    assert meta["encoder"]["spec"] == "pretrained:tiny-ssl" and not (tmp_path / "m" / "encoder").exists()
+    pipe = RCDMPipeline.from_pretrained(tmp_path / "m")
+    assert pipe.encoder.spec == "pretrained:tiny-ssl"
+    RCDMPipeline.from_pretrained(tmp_path / "m", encoder=load_encoder(f"file:{tiny_encoder_dir}"))  # same weights
+
+
+def test_relocate_spec_keeps_a_carried_encoder_and_re_aims_one_outside(tmp_path):
+    from rcdm.pipeline import relocate_spec
+
+    out, base = tmp_path / "x" / "out", tmp_path / "m"
+    assert relocate_spec("file:encoder", out, base=base) == "file:encoder"  # travels with a copy of the directory
+    assert relocate_spec("file:../enc", out, base=base) == "file:../../enc"
+    assert relocate_spec("torchvision:resnet50@IMAGENET1K_V1", out, base=base) == "torchvision:resnet50@IMAGENET1K_V1"
 
 
 def test_recorded_sampling_defaults_travel_with_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):

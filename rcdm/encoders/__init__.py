@@ -11,6 +11,7 @@ Spec grammar (`list_encoders()` gives the forms for --help texts):
     hf:ORG/NAME[@DIR]           a transformers vision model (DINOv2, ViT-MAE, I-JEPA, data2vec-vision, CLIP, SigLIP,
                                 ViT) from the HF cache or the hub; @DIR = a local save_pretrained directory
     file:DIR | file:PATH        rcdm-native: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
+    pretrained:NAME             a shipped rcdm-native encoder, file:NAME under rcdm.resources.pretrained_root()
     RELEASE[@PATH]              an official SSL checkpoint by name (see RELEASES); @PATH = a local copy of that file
 
 Layers: `backbone` (pooled trunk), `projector` (the release's head), any module name (forward hook; maps are
@@ -31,13 +32,23 @@ from .hf import _build_hf
 from .frozen import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, EncoderNet, FrozenEncoder, Preprocess
 from .releases import RELEASES, Release, _build_release
 from .weights import read_weights
+from ..resources import pretrained_root
 
 __all__ = ["FILE_ARCHS", "IMAGENET_MEAN", "IMAGENET_PREPROCESS", "IMAGENET_STD", "RELEASES", "EncoderNet",
            "FrozenEncoder", "Preprocess", "Release", "list_encoders", "load_encoder", "read_weights"]
 
+
+def _build_pretrained(spec: str, rest: str, base_dir):
+    """pretrained:NAME: the shipped encoder NAME, found wherever rcdm is installed (a saved model names it so)."""
+    if Path(rest).name != rest:
+        raise ValueError(f"{spec}: pretrained:NAME takes the name of a shipped encoder, not a path")
+    return _build_file(spec, str(pretrained_root() / rest), None)
+
+
 _SCHEMES: dict[str, Callable] = {"torchvision": _build_torchvision, "timm": _build_timm, "file": _build_file,
-                                 "hf": _build_hf}
-_GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[.TAG][@PATH]", "hf:ORG/NAME[@DIR]", "file:DIR")
+                                 "hf": _build_hf, "pretrained": _build_pretrained}
+_GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[.TAG][@PATH]", "hf:ORG/NAME[@DIR]", "file:DIR",
+            "pretrained:NAME")
 
 
 def list_encoders() -> list[str]:

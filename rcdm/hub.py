@@ -87,8 +87,8 @@ def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir=None, toke
     """A Hub model repo's snapshot directory via `snapshot_download` (the HF cache first; nothing is fetched with
     HF_HUB_OFFLINE=1). Every failure is one FileNotFoundError line naming the repo and what to do."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.utils import (GatedRepoError, LocalEntryNotFoundError,  # .utils: also before 0.24's .errors
+                                       RepositoryNotFoundError, RevisionNotFoundError)
 
     rev = revision or "main"
     offline = hub_offline()

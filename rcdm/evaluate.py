@@ -137,7 +137,7 @@ class InceptionScores:
         try:
             scores = cls(weights, len(real_uint8), num_fake, device)
         except ImportError as e:  # torchmetrics, or the torch-fidelity it needs for Inception-v3
-            return None, f"torchmetrics with torch-fidelity is not installed ({e})"
+            return None, f"torchmetrics with torch-fidelity is not installed ({e}): pip install 'rcdm[metrics]'"
         for x in real_uint8.split(chunk):
             scores.update(x, real=True)
         return scores, None

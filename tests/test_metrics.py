@@ -260,7 +260,7 @@ def test_inception_skipped_without_torchmetrics(pipe, test_spec, tmp_path, monke
     weights.write_bytes(b"not used")
     monkeypatch.setitem(sys.modules, "torchmetrics", None)  # makes `import torchmetrics...` raise ImportError
     m = evaluate(pipe, test_spec, 2, Sampling(steps=1), inception_weights=str(weights), progress=False)
-    assert "torchmetrics" in m["inception"]["skipped"]
+    assert "torchmetrics" in m["inception"]["skipped"] and "pip install 'rcdm[metrics]'" in m["inception"]["skipped"]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

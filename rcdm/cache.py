@@ -8,8 +8,10 @@ training refuses a cache that does not match its data or an encoder whose weight
 
 Writing scales to ImageNet (`embed_store`): `OUT.partial` is preallocated at its final size, the processes of an
 `accelerate launch` fill disjoint chunks of rows in place, and a per-item status (0 pending, 1 done, 2 unreadable)
-is written after each chunk's rows are on disk, so the same command resumes after a kill. When every process is
-done, the main one stores the per-dimension mean/std of the embeddings and the metadata, and renames the file to OUT.
+is written after each chunk's rows are on disk, so the same command resumes after a kill. While it runs, OUT.lock
+refuses a second run writing the same OUT (the kernel drops the lock with its process: a killed run blocks no one).
+When every process is done, the main one stores the per-dimension mean/std of the embeddings and the metadata, and
+renames the file to OUT.
 Rows follow the dataset, except that each unreadable item's row is filled with one of the last readable items
 (`indices` says which): the usable rows are then a prefix, mapped without a copy. Reading maps the file.
 """
@@ -20,6 +22,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from safetensors.torch import save_file
 
 from .data import ImageError, check_bad, fingerprint, listing_of, open_dataset
 from .embed_store import SAFETENSORS, RowFile, create, open_tensors
+from .fsutil import OutputLocked, output_lock
 from .images import resize_center_crop
 
 VIEWS = ("identity", "hflip")
@@ -225,9 +229,10 @@ def build_cache(encoder, data: str, out=None, **options) -> EmbeddingCache | Non
     if opts.matched_view:
         encoder = copy.copy(encoder)  # a shallow copy: same network, its own preprocessing
         encoder.preprocess = encoder.preprocess.matched()
-    ds = open_dataset(data)
     if out is not None:
-        return embed_dataset(encoder, ds, data, Path(out), opts)
+        with _one_writer(Path(out)):  # before the dataset is opened and fingerprinted: a second run stops at once
+            return embed_dataset(encoder, open_dataset(data), data, Path(out), opts)
+    ds = open_dataset(data)
     with tempfile.TemporaryDirectory() as d:
         cache = embed_dataset(encoder, ds, data, Path(d) / "cache.safetensors", opts)
         return replace(cache, embeddings=cache.embeddings.clone(), indices=cache.indices.clone(),
@@ -249,6 +254,29 @@ def embed_dataset(encoder, ds, data: str, out: Path, opts: EmbedOptions) -> Embe
         _embed_rows(encoder, ds, store, state, opts)
     state.wait_for_everyone()
     return _finish(partial, out, ds, identity, opts, t0) if state.is_main_process else None
+
+
+@contextmanager
+def _one_writer(out: Path):
+    """One run (all the processes of one launch) writes `out` at a time: the main process holds `out`.lock, and
+    every process learns whether it got it, so that all of a refused launch stop with the holder's name."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    with ExitStack() as stack:
+        refused = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(output_lock(out))
+            except OutputLocked as e:
+                refused = str(e)
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            refused = broadcast_object_list([refused])[0]
+        if refused:
+            raise OutputLocked(refused)
+        yield
 
 
 def _identity(encoder, ds, data: str, opts: EmbedOptions) -> dict:

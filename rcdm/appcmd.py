@@ -2,8 +2,6 @@
 `rcdm --help` stays instant and the package works without the `app` extra."""
 from __future__ import annotations
 
-from .app.flags import add_app_arguments
-
 
 def cmd_app(args) -> None:
     try:

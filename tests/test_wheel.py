@@ -30,10 +30,18 @@ def pip(*args: str) -> None:
 
 
 def checkout_files() -> list[str]:
-    """What a clone of this checkout holds (tracked files, and new ones not ignored), as git lists them."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, check=True).stdout.decode()
-    return [f for f in out.split("\0") if f and (REPO / f).is_file()]  # a deleted, not yet committed file is gone
+    """What a clone of this checkout holds (tracked files, and new ones not ignored), as git lists them; in a copy
+    that is no git checkout (`.ci/run --worktree`), every file but virtual environments and build outputs."""
+    git = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True)
+    if git.returncode == 0:
+        return [f for f in git.stdout.decode().split("\0") if f and (REPO / f).is_file()]  # deleted ones are gone
+    files = []
+    for root, dirs, names in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not (d.startswith(".") or d in ("build", "dist", "__pycache__")
+                                           or d.endswith(".egg-info"))]
+        files += [str((Path(root) / n).relative_to(REPO)) for n in names]
+    return files
 
 
 @pytest.fixture(scope="module")

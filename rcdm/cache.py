@@ -33,7 +33,6 @@ from safetensors.torch import save_file
 from .data import ImageError, check_bad, fingerprint, listing_of, open_dataset
 from .embed_store import SAFETENSORS, RowFile, create, open_tensors
 from .fsutil import OutputLocked, output_lock
-from .images import resize_center_crop
 
 VIEWS = ("identity", "hflip")
 PENDING, DONE, UNREADABLE = 0, 1, 2  # per-item status in a partial file
@@ -157,7 +156,7 @@ class _Preprocessed(torch.utils.data.Dataset):
             x, y = self.ds[i]
         except ImageError:  # counted by its status; the reason is read again for the few the metadata quotes
             return i, None, None
-        return i, resize_center_crop(x, self.pre.size, self.pre.crop, self.pre.interpolation), y
+        return i, self.pre.apply(x), y  # Preprocess: resize + crop (or squash), uint8 kept
 
 
 def _collate(items):

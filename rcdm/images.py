@@ -18,22 +18,57 @@ def resize_center_crop(x: torch.Tensor, size: int, crop: int | None = None,
                        interpolation: str = "bilinear") -> torch.Tensor:
     """(..., C, H, W) -> (..., C, crop, crop): shorter side to `size` (antialiased), then a centre crop of side
     `crop` (default: `size`). uint8 stays uint8 (rounded); floats stay differentiable. Sizes and crop offsets are
-    torchvision's, so PIL and tensor inputs agree."""
+    torchvision's, so PIL and tensor inputs agree; "box-bicubic" follows guided-diffusion's `center_crop_arr`
+    instead (`_center_crop_arr`)."""
     crop = crop or size
     if interpolation == "box-bicubic":
-        x = _halve_while_large(x, size)
+        return _center_crop_arr(x, size, crop)
     x = TF.resize(x, size, interpolation=INTERPOLATIONS[interpolation], antialias=True)
     return TF.center_crop(x, [crop, crop]).contiguous()  # strided crop views make convs ~50x slower
 
 
+def resize_squash(x: torch.Tensor, size: int, crop: int | None = None,
+                  interpolation: str = "bilinear") -> torch.Tensor:
+    """(..., C, H, W) -> (..., C, crop, crop): both sides to `size`, the aspect ratio not kept (image processors that
+    resize straight to height x width, e.g. ViTImageProcessor), then a centre crop of side `crop` (default: none)."""
+    x = TF.resize(x, [size, size], interpolation=INTERPOLATIONS[interpolation], antialias=True)
+    return TF.center_crop(x, [crop or size] * 2).contiguous()
+
+
+def _center_crop_arr(x: torch.Tensor, size: int, crop: int) -> torch.Tensor:
+    """guided-diffusion's `center_crop_arr` (RCDM's data loader): PIL BOX halving while the short side is at least
+    2 * size, PIL BICUBIC to a short side of `size` with the long side round(long * size / short), then a crop at
+    offset (side - crop) // 2. uint8 images go through PIL itself (exact); float images take the same sizes and
+    offsets in torch (differentiable; within a grey level of PIL)."""
+    if x.dtype == torch.uint8:
+        flat = x.reshape(-1, *x.shape[-3:])
+        out = torch.stack([pil_to_uint8(_pil_center_crop_arr(to_pil(img)[0], size, crop)) for img in flat])
+        return out.reshape(*x.shape[:-2], crop, crop)
+    x = _halve_while_large(x, size)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    x = TF.resize(x, [round(h * scale), round(w * scale)], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    return x[..., top:top + crop, left:left + crop].clamp(0, 1).contiguous()  # PIL clips its overshoot
+
+
+def _pil_center_crop_arr(img: Image.Image, size: int, crop: int) -> Image.Image:
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(s // 2 for s in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(s * scale) for s in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - crop) // 2, (img.size[1] - crop) // 2
+    return img.crop((left, top, left + crop, top + crop))
+
+
 def _halve_while_large(x: torch.Tensor, size: int) -> torch.Tensor:
-    """2x2 box averaging (PIL's BOX at half size) while the short side is >= 2 * size; uint8 stays uint8."""
-    if min(x.shape[-2:]) < 2 * size:
-        return x
-    dtype, y = x.dtype, x.float()
-    while min(y.shape[-2:]) >= 2 * size:
-        y = F.avg_pool2d(y.reshape(-1, *y.shape[-3:]), 2).reshape(*x.shape[:-2], *(s // 2 for s in y.shape[-2:]))
-    return y.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else y.to(dtype)
+    """PIL's BOX reduction to half size (rounded down) while the short side is >= 2 * size: 2x2 averages, the box
+    stretched a little over odd sides (torch's area interpolation)."""
+    while min(x.shape[-2:]) >= 2 * size:
+        lead = x.shape[:-3]
+        x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=[s // 2 for s in x.shape[-2:]], mode="area")
+        x = x.reshape(*lead, *x.shape[-3:])
+    return x
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

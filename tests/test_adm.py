@@ -256,31 +256,47 @@ def test_published_names_parse_local_copies(monkeypatch, tmp_path):
     assert C.resolve_published("rcdm-cifar10-backbone", cache_dir=tmp_path) is None
 
 
-def test_rcdm_preprocessing_matches_center_crop_arr_on_a_photo():
-    """RCDM's encoder view (image_datasets.center_crop_arr at 224, then [-1, 1]) restated with PIL, against the
-    preprocessing a converted model records, on a real photograph (matplotlib's sample Grace Hopper, 512x600)."""
+def _center_crop_arr(pil, image_size):
+    """guided-diffusion image_datasets.center_crop_arr, restated: BOX halving, BICUBIC with the sides rounded, crop at
+    offset (side - size) // 2."""
+    import numpy as np
+    from PIL import Image
+
+    while min(*pil.size) >= 2 * image_size:
+        pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
+    scale = image_size / min(*pil.size)
+    pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+@pytest.mark.parametrize("box", [None, (30, 100, 481, 400), (0, 0, 300, 451), (0, 0, 512, 230)],
+                         ids=["512x600", "451x300", "300x451", "512x230"])
+def test_rcdm_preprocessing_is_center_crop_arr_on_non_square_photos(box):
+    """A converted model's encoder input, against RCDM's (center_crop_arr at 224, then x / 127.5 - 1), on a real
+    photograph (matplotlib's sample Grace Hopper, 512x600) and crops of it: exact for images (PIL, paths, bytes),
+    within a grey level for float tensors (the differentiable path)."""
     import numpy as np
     from matplotlib import cbook
     from PIL import Image
 
     from rcdm.convert import RCDM_PREPROCESS
-    from rcdm.encoders import Preprocess
+    from rcdm.encoders import EncoderNet, FrozenEncoder, Preprocess
     from rcdm.images import pil_to_uint8
 
     img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
-    pil = img
-    while min(*pil.size) >= 2 * 224:  # center_crop_arr: halve with BOX filtering first, then BICUBIC
-        pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
-    scale = 224 / min(*pil.size)
-    pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=Image.BICUBIC)
-    arr = np.asarray(pil)
-    top, left = (arr.shape[0] - 224) // 2, (arr.shape[1] - 224) // 2
-    want = arr[top:top + 224, left:left + 224].astype(np.float64) / 127.5 - 1  # (224, 224, 3) in [-1, 1]
+    img = img.crop(box) if box else img
+    want = torch.from_numpy(_center_crop_arr(img, 224).astype(np.float64) / 127.5 - 1).permute(2, 0, 1)  # (3, 224, 224)
     pre = Preprocess.from_dict(RCDM_PREPROCESS)  # what a converted model records and its encoder applies
+    identity = nn.Conv2d(3, 3, 1)
+    nn.init.dirac_(identity.weight), nn.init.zeros_(identity.bias)
+    pixels = FrozenEncoder(EncoderNet(nn.Sequential(identity, nn.Flatten())), "pixels", "backbone", pre)  # h = input
+    got = pixels.encode([img]).view(3, 224, 224).double()
+    assert (got - want).abs().max() < 1e-6  # before: mean 5.1, max 134 grey levels on 451x300 (int() sides)
     x = pre.view(pil_to_uint8(img)[None].float() / 255)  # (1, 3, 224, 224) in [0, 1]
     lo, hi = pre.pixel_range
-    got = ((x * (hi - lo) + lo)[0].permute(1, 2, 0)).double().numpy()  # (224, 224, 3)
-    assert np.abs(got - want).mean() * 127.5 < 1.0  # within one grey level on average (measured 0.56)
+    assert ((x[0] * (hi - lo) + lo).double() - want).abs().mean() * 127.5 < 1.0  # measured 0.30-0.55
 
 
 def test_imagenet_preset_is_the_reference_network_and_trains(tmp_path, tiny_npz, tiny_encoder_dir):

@@ -134,11 +134,41 @@ def test_hf_readouts_equal_the_transformers_forward(name, hub):
 def test_hf_preprocessing_comes_from_the_processor_config(hub):
     got = {name: load_encoder(f"hf:o/{name}@{hub / name}").preprocess for name in ("dinov2", "siglip", "clip")}
     assert got["dinov2"] == Preprocess(36, 32, MEAN, STD, interpolation="bicubic")
-    assert got["siglip"] == Preprocess(32, 32, (0.5,) * 3, (0.5,) * 3, interpolation="bilinear")
+    assert got["siglip"] == Preprocess(32, 32, (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", fit="squash")
     clip = T.CLIPImageProcessor()
     assert got["clip"] == Preprocess(32, 32, clip.image_mean, clip.image_std, interpolation="bicubic")
     enc = load_encoder(f"hf:o/dinov2@{hub / 'dinov2'}")
     assert enc.config()["preprocess"]["interpolation"] == "bicubic" and enc.spec == f"hf:o/dinov2@{hub / 'dinov2'}"
+
+
+def _photo(box=None):
+    """A real photograph (matplotlib's sample Grace Hopper, 512x600), or a crop of it: non-square either way."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    return img.crop(box) if box else img
+
+
+SQUASH = {"vit_mae", "ijepa", "data2vec_vision", "siglip", "vit"}  # processors that resize to height x width
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_hf_encoders_equal_the_hub_pipeline_on_non_square_photos(name, hub):
+    """End to end against transformers: the directory's own processor (AutoImageProcessor, as saved by
+    save_pretrained) and model, on photos 451x300 and 512x600. Squash processors resize straight to height x width
+    (before: up to 2.0 apart on the 451x300 photo); the others keep the aspect ratio and centre-crop."""
+    ref, pool, prefix = _reference(hub, name)
+    processor = T.AutoImageProcessor.from_pretrained(hub / name)
+    enc = load_encoder(f"hf:org/{name}@{name}", "backbone", base_dir=hub)
+    assert enc.preprocess.fit == ("squash" if name in SQUASH else "crop")
+    photos = [_photo((30, 100, 481, 400)), _photo()]
+    pixels = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in photos])  # (2, 3, 32, 32)
+    extra = {"noise": torch.arange(16.0).expand(2, 16)} if isinstance(ref, T.ViTMAEModel) else {}
+    with torch.no_grad():
+        out = ref(pixel_values=pixels, **extra)
+    want = out.pooler_output if pool == "pooler" else _pool(out.last_hidden_state, pool, prefix)
+    torch.testing.assert_close(enc.encode(photos), want, rtol=0, atol=1e-5)  # measured <= 1.5e-6
 
 
 def test_hf_mae_is_deterministic(hub):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..images import INTERPOLATIONS, pil_to_uint8, resize_center_crop
+from ..images import INTERPOLATIONS, pil_to_uint8, resize_center_crop, resize_squash
 from .vit import pool_tokens, resolve_vit_layer, token_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,7 +23,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Preprocess:
     """How [0, 1] pixels become the network's input: shorter side to `size` (antialiased `interpolation`), centre
     crop `crop`, map [0, 1] to `pixel_range`, then (x - mean) / std. RCDM's reference fed its encoders [-1, 1]
-    pixels: `pixel_range` records such quirks. Configs written before `interpolation` existed mean bilinear."""
+    pixels: `pixel_range` records such quirks. `fit` "squash" resizes both sides to `size` instead, the aspect ratio
+    not kept, as image processors that resize to height x width do (ViT, ViT-MAE, I-JEPA, SigLIP). Configs written
+    before `interpolation` and `fit` existed mean bilinear and "crop"."""
 
     size: int
     crop: int
@@ -31,6 +33,7 @@ class Preprocess:
     std: tuple[float, float, float]
     pixel_range: tuple[float, float] = (0.0, 1.0)
     interpolation: str = "bilinear"  # or "bicubic" (DINO's and most ViTs' evaluation resize)
+    fit: str = "crop"  # or "squash"
 
     def __post_init__(self):  # JSON gives lists; keep tuples so configs compare equal after a round trip
         for name in ("mean", "std", "pixel_range"):
@@ -41,12 +44,20 @@ class Preprocess:
             raise ValueError(f"Preprocess crop ({self.crop}) must be positive and at most size ({self.size})")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"Preprocess interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+        if self.fit not in ("crop", "squash"):
+            raise ValueError(f"Preprocess fit {self.fit!r} is not 'crop' or 'squash'")
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, crop, crop), resized and centre-cropped. An image already crop x crop is taken as
         preprocessed and returned unchanged (the analyses transform images in this view and hand them back)."""
         if tuple(x.shape[-2:]) == (self.crop, self.crop):
             return x
+        return self.apply(x)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W), uint8 or float -> (..., 3, crop, crop): the resize and crop alone."""
+        if self.fit == "squash":
+            return resize_squash(x, self.size, self.crop, self.interpolation)
         return resize_center_crop(x, self.size, self.crop, self.interpolation)
 
     def matched(self) -> "Preprocess":
@@ -166,8 +177,7 @@ class FrozenEncoder(nn.Module):
     def _load_image(self, img) -> torch.Tensor:  # -> uint8 (3, crop, crop)
         from ..data import open_image
 
-        p = self.preprocess
-        return resize_center_crop(pil_to_uint8(open_image(img)), p.size, p.crop, p.interpolation)
+        return self.preprocess.apply(pil_to_uint8(open_image(img)))
 
     def config(self) -> dict:
         """What a checkpoint records to reload this encoder and check it: JSON-serialisable."""

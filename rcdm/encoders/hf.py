@@ -105,7 +105,7 @@ def _build_hf(spec: str, rest: str, base_dir):
         model, info = _fetch(spec, source, load)
     _check_loaded(info, family, spec)
     processor = _fetch(spec, source, lambda: _processor_dict(transformers, source))
-    return EncoderNet(HFVisionTrunk(model.eval(), family)), hf_preprocess(processor)
+    return EncoderNet(HFVisionTrunk(model.eval(), family)), hf_preprocess(processor, spec)
 
 
 @contextmanager
@@ -144,24 +144,29 @@ def _processor_dict(transformers, source: str) -> dict:
     return ImageProcessingMixin.get_image_processor_dict(source)[0]
 
 
-def hf_preprocess(d: dict) -> Preprocess:
-    """An image processor's config -> Preprocess. `size` is a shortest edge (aspect kept, like rcdm) or a height x
-    width; for the latter rcdm still resizes the short side and centre-crops, where transformers squashes
-    non-square images (square images match)."""
-    size = _side(d.get("size", 224))
-    crop = _side(d["crop_size"]) if d.get("do_center_crop") and d.get("crop_size") else size
+def hf_preprocess(d: dict, spec: str = "hf:") -> Preprocess:
+    """An image processor's config -> Preprocess. `size` {"shortest_edge": S} keeps the aspect ratio (then the centre
+    crop, if any); {"height": S, "width": S} resizes both sides to S, the aspect ratio not kept ("squash", e.g.
+    ViTImageProcessor, SiglipImageProcessor), then crops if the processor does."""
+    size, squash = _side(d.get("size", 224), spec)
+    crop = _side(d["crop_size"], spec)[0] if d.get("do_center_crop") and d.get("crop_size") else size
+    squash = not d.get("do_center_crop") if squash is None else squash
     mean, std = ((d.get("image_mean", IMAGENET_MEAN), d.get("image_std", IMAGENET_STD))
                  if d.get("do_normalize", True) else ((0.0,) * 3, (1.0,) * 3))
     scale = round(255 * d.get("rescale_factor", 1 / 255), 6) if d.get("do_rescale", True) else 255.0  # [0, 1] -> [0, scale]
     resample = d.get("resample", 2)
     resample = _RESAMPLE.get(resample.lower() if isinstance(resample, str) else int(resample), "bicubic")
-    return Preprocess(size, min(crop, size), tuple(mean), tuple(std), (0.0, scale), interpolation=resample)
+    return Preprocess(size, min(crop, size), tuple(mean), tuple(std), (0.0, scale), interpolation=resample,
+                      fit="squash" if squash and d.get("do_resize", True) else "crop")
 
 
-def _side(size) -> int:
-    """224 | {"shortest_edge": 256} | {"height": 224, "width": 224} -> one side."""
-    if isinstance(size, int):
-        return size
-    if "shortest_edge" in size:
-        return int(size["shortest_edge"])
-    return int(min(size["height"], size["width"]))
+def _side(size, spec: str) -> tuple[int, bool | None]:
+    """{"shortest_edge": 256} | {"height": 224, "width": 224} | 224 -> (side, both sides set; None: not said)."""
+    if isinstance(size, int):  # legacy configs: a square for ViT-like processors, a shortest edge for cropping ones
+        return size, None
+    if "shortest_edge" in size and "longest_edge" not in size:
+        return int(size["shortest_edge"]), False
+    if "height" in size and size["height"] == size.get("width"):
+        return int(size["height"]), True
+    raise ValueError(f"{spec}: image processor size {size} is not supported; rcdm reads a shortest edge or a square "
+                     "height x width")

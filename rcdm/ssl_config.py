@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class SSLConfig:
+    """`rcdm pretrain`: SimCLR on a CIFAR-stem ResNet-18 for a wall-clock or step budget; each field is a flag."""
+
     data: str = field(metadata={"help": "packed-JPEG npz, image folder or torchvision:NAME:ROOT (train split)"})
     out: str = field(metadata={"help": "output directory (config.json + model.safetensors)"})
     width: int = field(default=32, metadata={"help": "ResNet-18 first-stage width (64 = full width)"})

@@ -1,6 +1,7 @@
 """Hub encoders, offline: `hf:` models saved with save_pretrained in the hub layout, `timm:NAME.TAG@PATH`, the ViT
 read-outs (cls / mean / blocks.N), Preprocess.interpolation, and the solo-learn, lightly, MAE and I-JEPA checkpoint
 layouts. Every embedding is checked against the library's own forward on the same preprocessed tensor."""
+import json
 import sys
 from dataclasses import replace
 
@@ -375,22 +376,30 @@ def tiny_vit_gap_ijepa(pretrained=False, **kwargs):
                                                                      **kwargs)
 
 
-def test_ijepa_target_encoder(tmp_path):
+def _ijepa_file(tmp_path):
+    """facebookresearch/ijepa's checkpoint layout: the online `encoder`, the EMA `target_encoder` (both with DDP's
+    "module."), the predictor and the training state. The two encoders differ, as they do after training."""
+    tiny = timm.create_model("tiny_vit_gap_ijepa", num_classes=0)
+    online, target = _noisy(tiny.state_dict(), 1), _noisy(tiny.state_dict(), 2)
+    ckpt = {"encoder": _pre("module.", online), "predictor": {"module.predictor_embed.weight": torch.zeros(4, 32)},
+            "target_encoder": _pre("module.", target), "opt": {}, "scaler": None, "epoch": 300, "loss": 0.1,
+            "batch_size": 128, "world_size": 16, "lr": 1e-3}
+    path = tmp_path / "IN1K-vit.h.14-300e.pth.tar"
+    torch.save(ckpt, path)
+    return ckpt, path, online, target
+
+
+def test_ijepa_file_reads_as_timm_and_transformers_read_it(tmp_path):
     with torch.device("meta"):  # the real architecture's flags and key names, without 632M parameters
         real = timm.create_model("vit_huge_patch14_gap_224", num_classes=0)
     tiny = timm.create_model("tiny_vit_gap_ijepa", num_classes=0)
     assert (real.has_class_token, real.global_pool, type(real.fc_norm)) == (False, "avg", nn.Identity)
     assert {k for k in real.state_dict() if not k.startswith("blocks.")} == \
         {k for k in tiny.state_dict() if not k.startswith("blocks.")}
-    state = _noisy(tiny.state_dict())
-    enc_state = {k: torch.zeros_like(v) for k, v in state.items()}  # the online encoder: not the one evaluated
-    ckpt = {"encoder": _pre("module.", enc_state), "predictor": {"module.predictor_embed.weight": torch.zeros(4, 32)},
-            "target_encoder": _pre("module.", state), "opt": {}, "scaler": None, "epoch": 300, "loss": 0.1,
-            "batch_size": 128, "world_size": 16, "lr": 1e-3}
-    torch.save(ckpt, tmp_path / "IN1K-vit.h.14-300e.pth.tar")
-    enc = load_encoder("timm:tiny_vit_gap_ijepa.test@IN1K-vit.h.14-300e.pth.tar", "backbone+mean+blocks.1",
-                       base_dir=tmp_path)
-    tiny.load_state_dict(state)
+    ckpt, path, online, _ = _ijepa_file(tmp_path)
+    enc = load_encoder(f"timm:tiny_vit_gap_ijepa.test@{path.name}", "backbone+mean+blocks.1", base_dir=tmp_path)
+    tiny.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(torch.load(path), tiny))  # timm's reader
+    assert all(torch.equal(v, online[k]) for k, v in tiny.state_dict().items())  # ... takes `encoder`
     x = torch.rand(2, 3, 32, 32)
     pre = enc.preprocess
     assert pre == Preprocess(32, 32, MEAN, STD, interpolation="bicubic")  # the tag's pretrained_cfg
@@ -403,10 +412,168 @@ def test_ijepa_target_encoder(tmp_path):
     torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="no CLS token"):
         FrozenEncoder(enc.net, enc.spec, "cls", pre)
-    del ckpt["target_encoder"]["module.norm.weight"]
+    del ckpt["encoder"]["module.norm.weight"]
     torch.save(ckpt, tmp_path / "bad.pth.tar")
     with pytest.raises(ValueError, match=r"ijepa layout.*missing \['backbone\.norm\.weight'\]"):
         load_encoder("timm:tiny_vit_gap_ijepa.test@bad.pth.tar", base_dir=tmp_path)
+
+
+def test_ijepa_tag_and_file_agree_and_target_encoder_is_explicit(tmp_path, monkeypatch):
+    """timm:NAME.TAG (timm's weights) and timm:NAME.TAG@FILE (the same release file) are one network, the file's
+    `encoder`; `#target_encoder` picks the EMA target, from the file or from the tag's own file."""
+    _, path, online, target = _ijepa_file(tmp_path)
+    cfgs = timm.models._registry._model_pretrained_cfgs  # the tag's weights: this file, read by timm's own loader
+    monkeypatch.setitem(cfgs, "tiny_vit_gap_ijepa.test", replace(cfgs["tiny_vit_gap_ijepa.test"], file=str(path)))
+    specs = {"tag": "timm:tiny_vit_gap_ijepa.test", "file": f"timm:tiny_vit_gap_ijepa.test@{path}",
+             "tag#target": "timm:tiny_vit_gap_ijepa.test#target_encoder",
+             "file#target": f"timm:tiny_vit_gap_ijepa.test@{path}#target_encoder"}
+    encs = {k: load_encoder(spec) for k, spec in specs.items()}
+    for k, enc in encs.items():
+        want = target if k.endswith("#target") else online
+        assert not enc.random_init and all(torch.equal(v, want[n]) for n, v in enc.net.backbone.state_dict().items()), k
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(encs["tag"](x), encs["file"](x), rtol=0, atol=0)
+    assert encs["tag"].fingerprint() == encs["file"].fingerprint() != encs["file#target"].fingerprint()
+    with pytest.raises(ValueError, match=r"no state dict under 'teacher'; its entries: \['encoder', 'opt'"):
+        load_encoder(f"timm:tiny_vit_gap_ijepa.test@{path}#teacher")
+
+
+# ---------------------------------------------------------------- lightly ViTs and GELU heads
+
+def _vit(arch, seed=0):
+    torch.manual_seed(seed)
+    vit = timm.create_model(arch, num_classes=0)
+    vit.load_state_dict(_noisy(vit.state_dict(), seed))
+    return vit.eval()
+
+
+def _masked_vit(prefix, vit):
+    """lightly's MaskedVisionTransformerTIMM(vit): the ViT under "vit." and the mask token it always creates."""
+    return _pre(prefix + "vit.", vit.state_dict()) | {prefix + "mask_token": torch.randn(1, 1, vit.embed_dim)}
+
+
+def _lightly_pool(vit, x):
+    """lightly's MaskedVisionTransformerTIMM.forward, restated: timm's tokens (blocks, then norm), then the ViT's
+    global pool by hand: the mean of the patch tokens (no fc_norm) or the CLS token."""
+    tokens = vit.forward_features(x)  # (B, N, D)
+    return tokens[:, vit.num_prefix_tokens:].mean(1) if vit.global_pool == "avg" else tokens[:, 0]
+
+
+@pytest.mark.parametrize("arch", ["test_vit", "test_vit2"], ids=["cls-pool", "avg-pool"])
+def test_lightly_mae_example_vit_loads_as_lightly_runs_it(arch, tmp_path):
+    """lightly's MAE example: backbone = MaskedVisionTransformerTIMM (backbone.vit.*, backbone.mask_token), a pixel
+    decoder and a prediction head; no projection head. Before: refused ("unexpected backbone.mask_token", read as
+    solo-learn)."""
+    vit = _vit(arch)
+    state = _masked_vit("backbone.", vit) | {"decoder_embed.weight": torch.zeros(16, 64),
+                                             "decoder.decoder_blocks.0.norm1.weight": torch.ones(16),
+                                             "decoder.mask_token": torch.zeros(1, 1, 16),
+                                             "prediction_head.weight": torch.zeros(192, 16)}
+    torch.save({"state_dict": state, "epoch": 9}, tmp_path / "mae.ckpt")
+    enc = load_encoder(f"timm:{arch}@mae.ckpt", base_dir=tmp_path)
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        want = _lightly_pool(vit, _norm(x, enc.preprocess))
+    torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no projector"):
+        load_encoder(f"timm:{arch}@mae.ckpt", "projector", base_dir=tmp_path)
+
+
+def _gelu_mlp(dims, bn=False, seed=0):
+    """DINOProjectionHead's / MSNProjectionHead's `layers`, restated: Linear (no bias before a BatchNorm), [BN], GELU
+    between layers, a plain Linear last."""
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last or not bn))
+        layers += [] if last else ([nn.BatchNorm1d(b)] if bn else []) + [nn.GELU()]
+    head = nn.Sequential(*layers)
+    head.load_state_dict(_noisy(head.state_dict(), seed))
+    for m in head:
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    return head.eval()
+
+
+def _weight_normed(d_in, d_out):
+    return nn.utils.parametrizations.weight_norm(nn.Linear(d_in, d_out, bias=False)).state_dict()
+
+
+def _lightly_dino(vit):
+    """lightly's DINO example with a ViT: student and teacher backbones and DINOProjectionHeads (layers + a
+    weight-normed last_layer); the teacher is the evaluated network."""
+    head, student = _gelu_mlp([vit.embed_dim, 48, 48, 16]), _gelu_mlp([vit.embed_dim, 48, 48, 16], seed=5)
+    state = _masked_vit("teacher_backbone.", vit) | _masked_vit("student_backbone.", _vit("test_vit", seed=5))
+    state |= _pre("teacher_head.layers.", head.state_dict()) | _pre("teacher_head.last_layer.", _weight_normed(16, 64))
+    state |= _pre("student_head.layers.", student.state_dict()) | _pre("student_head.last_layer.", _weight_normed(16, 64))
+    return state, head
+
+
+def _lightly_msn(vit):
+    """lightly's MSN example: backbone + MSNProjectionHead (Linear-BN-GELU twice, Linear), their anchor copies and
+    the prototypes."""
+    head = _gelu_mlp([vit.embed_dim, 48, 48, 16], bn=True)
+    state = _masked_vit("backbone.", vit) | _pre("projection_head.layers.", head.state_dict())
+    state |= _masked_vit("anchor_backbone.", vit) | _pre("anchor_projection_head.layers.", head.state_dict())
+    return state | {"prototypes": torch.randn(32, 16)}, head
+
+
+@pytest.mark.parametrize("fake", [_lightly_dino, _lightly_msn], ids=["dino", "msn"])
+def test_lightly_gelu_heads_are_built_exactly(fake, tmp_path):
+    """Before: both read as ReLU heads, the projector off by up to 0.12 (|out| ~0.23) in the independent check."""
+    vit = _vit("test_vit")
+    state, head = fake(vit)
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    enc = load_encoder("timm:test_vit@last.ckpt", "backbone+projector", base_dir=tmp_path)
+    assert [type(m) for m in enc.net.projector] == [type(m) for m in head]
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        h = _lightly_pool(vit, _norm(x, enc.preprocess))
+        want = torch.cat([h, head(h)], 1)
+    torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
+
+
+def _cifar_solo_learn(projector):
+    torch.manual_seed(0)
+    net = _cifar_resnet18()
+    net.load_state_dict(_noisy(net.state_dict()))
+    state = _pre("backbone.", net.state_dict()) | _pre("projector.", projector.state_dict())
+    state |= _pre("classifier.", nn.Linear(512, 10).state_dict())
+    return {"state_dict": state, "epoch": 9}, net.eval()
+
+
+@pytest.mark.parametrize("method, activation", [("vibcreg", nn.GELU), ("vicreg", nn.ReLU), (None, None)])
+def test_solo_learn_head_activation_comes_from_args_json(method, activation, tmp_path):
+    """solo-learn's VIbCReg projector (Linear-BN-GELU twice, Linear) has VICReg's layout (ReLU): its args.json,
+    written beside the checkpoint, names the method; without it the projector is refused, the backbone still loads."""
+    head = _gelu_mlp([512, 32, 32, 16], bn=True)
+    for i, m in enumerate(head):  # solo-learn keeps the Linear biases before its BatchNorms
+        if isinstance(m, nn.Linear) and m.bias is None:
+            head[i] = nn.Linear(m.in_features, m.out_features)
+    if activation is not None:
+        head = nn.Sequential(*[activation() if isinstance(m, nn.GELU) else m for m in head]).eval()
+    ckpt, net = _cifar_solo_learn(head)
+    torch.save(ckpt, tmp_path / "byol-ep=9.ckpt")
+    if method is not None:
+        (tmp_path / "args.json").write_text(json.dumps({"method": method, "data": {"dataset": "cifar10"}}))
+        enc = load_encoder("torchvision:resnet18@byol-ep=9.ckpt", "projector", base_dir=tmp_path)
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            want = head(net(_norm(x, enc.preprocess)))
+        torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
+        return
+    with pytest.raises(ValueError, match="VIbCReg.*args.json"):
+        load_encoder("torchvision:resnet18@byol-ep=9.ckpt", "projector", base_dir=tmp_path)
+    assert load_encoder("torchvision:resnet18@byol-ep=9.ckpt", base_dir=tmp_path).dim == 512
+
+
+def test_heads_of_other_modules_are_refused_not_guessed(tmp_path):
+    head = nn.Sequential(nn.Linear(512, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 16))  # VICRegL's local head
+    ckpt, _ = _cifar_solo_learn(head)
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match=r"slot 1 holds \['bias', 'weight'\], neither a Linear nor a BatchNorm1d"):
+        load_encoder("torchvision:resnet18@last.ckpt", "projector", base_dir=tmp_path)
 
 
 def test_head_layouts_are_read_from_keys():
@@ -419,3 +586,26 @@ def test_head_layouts_are_read_from_keys():
     assert built[0].bias is None and built[4].weight is None and built[3].bias is None
     with pytest.raises(ValueError, match="not an nn.Sequential"):
         head_from_state({"mlp.0.weight": torch.zeros(2, 2)}, "spec")
+
+
+def test_solo_learn_cifar_checkpoints_get_solo_learns_cifar_preprocessing(tmp_path):
+    """solo-learn evaluates its CIFAR models on 32 px images normalised with its CIFAR statistics
+    (classification_dataloader.prepare_transforms), not with ImageNet's 256/224 and statistics: the stem says CIFAR,
+    or args.json names the data set. A photo is first brought to 32 px (short side, centre crop)."""
+    import torchvision.transforms as TV
+
+    ckpt, _, net, head, _ = _fake_solo_learn()
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    enc = load_encoder("torchvision:resnet18@last.ckpt", "backbone+projector", base_dir=tmp_path)
+    cifar_eval = TV.Compose([TV.ToTensor(), TV.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))])
+    photos = [_photo((30, 100, 481, 400)), _photo()]
+    x = torch.stack([cifar_eval(TV.CenterCrop(32)(TV.Resize(32)(p))) for p in photos])  # (2, 3, 32, 32)
+    with torch.no_grad():
+        h = net(x)
+        want = torch.cat([h, head(h)], 1)
+    got = enc.encode(photos)
+    assert enc.preprocess == Preprocess(32, 32, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
+    assert (got - want).abs().max() < 1e-3 * want.abs().max()  # PIL resize vs torch: measured 4.6e-5 (was 1.28)
+    (tmp_path / "args.json").write_text(json.dumps({"method": "byol", "data": {"dataset": "stl10"}}))
+    assert load_encoder("torchvision:resnet18@last.ckpt", base_dir=tmp_path).preprocess == \
+        Preprocess(96, 96, (0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261), fit="squash")

@@ -8,6 +8,7 @@ Spec grammar (`list_encoders()` gives the forms for --help texts):
     timm:NAME[@PATH]            a timm model (random init, num_classes=0), optionally with local weights
     timm:NAME.TAG[@PATH]        timm's published weights for TAG (HF cache, else download) and their preprocessing;
                                 @PATH = a local file instead
+    ...@PATH#KEY, NAME.TAG#KEY  entry KEY of a checkpoint holding several networks (I-JEPA's #target_encoder)
     hf:ORG/NAME[@DIR]           a transformers vision model (DINOv2, ViT-MAE, I-JEPA, data2vec-vision, CLIP, SigLIP,
                                 ViT) from the HF cache or the hub; @DIR = a local save_pretrained directory
     file:DIR | file:PATH        rcdm-native: DIR/config.json + DIR/model.safetensors (or PATH beside config.json)
@@ -17,10 +18,12 @@ Spec grammar (`list_encoders()` gives the forms for --help texts):
 Layers: `backbone` (pooled trunk), `projector` (the release's head), any module name (forward hook; maps are
 average-pooled, token sequences give their CLS token) and `a+b` concatenations. ViTs also take `cls`, `mean`,
 `cls+mean` and `blocks.N` (see `vit`). PATH files may be solo-learn, lightly, MAE or I-JEPA checkpoints (`formats`).
+Hub names and URLs are read from their caches; offline, a name not cached fails at once (`online`).
 
 Layout: `frozen` (FrozenEncoder, Preprocess, read-outs), `vit` (ViT token read-outs), `weights` (safe file reading,
-strict loading), `formats` (training-codebase checkpoint layouts), `builders` (torchvision, timm, file:), `hf`
-(transformers models), `releases` (official SSL checkpoints), `cifar` (the CIFAR ResNet of the shipped models).
+strict loading), `online` (caches and downloads), `formats` (training-codebase checkpoint layouts), `builders`
+(torchvision, timm, file:), `hf` (transformers models), `releases` (official SSL checkpoints), `cifar` (the CIFAR
+ResNet of the shipped models).
 """
 from __future__ import annotations
 

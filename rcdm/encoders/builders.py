@@ -1,7 +1,8 @@
 """Encoders by architecture: torchvision and timm models, and rcdm-native `file:` directories.
 
 A local weights file (`@PATH`) may be a plain state dict or one of the training-codebase layouts of `formats`
-(solo-learn, lightly, MAE, I-JEPA); a head found there becomes the `projector`."""
+(solo-learn, lightly, MAE, I-JEPA); a head found there becomes the `projector`, and a solo-learn file brings its
+own preprocessing (32 px and CIFAR statistics for its CIFAR models). `@PATH#KEY` reads entry KEY of the file."""
 from __future__ import annotations
 
 import difflib
@@ -12,9 +13,10 @@ from typing import Callable
 import torch.nn as nn
 
 from . import cifar
-from .formats import adapt_cifar_stem, head_from_state, named_from_sequential, split_checkpoint
+from .formats import adapt_cifar_stem, head_from_state, named_from_sequential, split_checkpoint, split_part
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
-from .weights import _load_strict, _resolve_path, _without, import_extra, read_weights
+from .online import check_url, hub_access, hub_in_cache, torch_hub_file
+from .weights import _download, _load_strict, _resolve_path, _without, import_extra, read_weights
 
 def _strip_classifier(model: nn.Module, spec: str) -> str:
     """Replace the last nn.Linear (the classifier) by Identity so the model returns the classifier's input."""
@@ -29,6 +31,7 @@ def _strip_classifier(model: nn.Module, spec: str) -> str:
 def _build_torchvision(spec: str, rest: str, base_dir):
     import torchvision.models as tvm
 
+    rest, part = split_part(rest)
     arch, _, source = rest.partition("@")
     archs = tvm.list_models(module=tvm)
     if arch not in archs:
@@ -36,29 +39,45 @@ def _build_torchvision(spec: str, rest: str, base_dir):
                          f"{difflib.get_close_matches(arch, archs, n=5)}")
     enum = tvm.get_model_weights(arch)
     if source in enum.__members__:  # published weights by name (incl. DEFAULT), downloaded by torchvision
+        url = enum[source].url
+        check_url(spec, url, torch_hub_file(url), f"use torchvision:{arch}@FILE (or put it in that cache)")
         model = tvm.get_model(arch, weights=source)
         _strip_classifier(model, spec)
         return EncoderNet(model), _torchvision_preprocess(enum[source])
     model = tvm.get_model(arch, weights=None)
     classifier = _strip_classifier(model, spec)
     if not source:
+        _no_part(spec, part)
         return EncoderNet(model, random_init=True), IMAGENET_PREPROCESS
     names = ", ".join(enum.__members__)
     path = _resolve_path(source, base_dir, f"{spec} (not a weights name either: {names})")
-    return _load_file(model, path, [classifier], spec), IMAGENET_PREPROCESS
+    net, preprocess = _load_file(model, read_weights(path), [classifier], spec, path, part)
+    return net, preprocess or IMAGENET_PREPROCESS
 
 
-def _load_file(model: nn.Module, path, classifiers: list[str], spec: str) -> EncoderNet:
-    """Trunk (+ head, if the file has one) from a local file, every key accounted for. The classifier is not the
-    representation: its keys may be present or absent."""
-    split = split_checkpoint(read_weights(path), spec)
+def _no_part(spec: str, part: str | None) -> None:
+    if part is not None:
+        raise ValueError(f"{spec}: #{part} picks an entry of a checkpoint file; name the file (@FILE#{part})")
+
+
+def _load_file(model: nn.Module, obj, classifiers: list[str], spec: str, path=None, part=None):
+    """(EncoderNet, the file's own preprocessing or None): trunk (+ head, if the file has one and it can be rebuilt
+    exactly) from a loaded checkpoint, every key accounted for. The classifier is not the representation: its keys
+    may be present or absent."""
+    split = split_checkpoint(obj, spec, path, part)
     trunk = _without(named_from_sequential(split.trunk, model), [c + "." for c in classifiers])
-    if split.format == "solo-learn":
-        adapt_cifar_stem(model, trunk)
-    net = EncoderNet(model, head_from_state(split.head, spec))
-    state = {f"backbone.{k}": v for k, v in trunk.items()} | {f"projector.{k}": v for k, v in split.head.items()}
+    cifar_stem = split.format == "solo-learn" and adapt_cifar_stem(model, trunk)
+    try:
+        head, why = head_from_state(split.head, spec, split.activation), None
+    except ValueError as e:  # the trunk is still usable: refuse only the projector, when it is asked for
+        head, why = None, str(e)
+    net = EncoderNet(model, head, no_projector=why)
+    state = {f"backbone.{k}": v for k, v in trunk.items()}
+    state |= {f"projector.{k}": v for k, v in split.head.items()} if head is not None else {}
     _load_strict(net, state, f"{spec} ({split.format} layout)")
-    return net
+    if split.format == "lightly" and not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
+        model.fc_norm = nn.Identity()  # lightly's MaskedVisionTransformerTIMM pools without timm's fc_norm
+    return net, (solo_learn_preprocess(split.dataset, cifar_stem) if split.format == "solo-learn" else None)
 
 
 def _torchvision_preprocess(weights) -> Preprocess:
@@ -66,24 +85,67 @@ def _torchvision_preprocess(weights) -> Preprocess:
     return Preprocess(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std))
 
 
+# solo-learn's evaluation transforms (solo/data/classification_dataloader.py, prepare_transforms): CIFAR-10/100 are
+# fed as they are (32 px) with these statistics, STL-10 resized to 96 x 96, ImageNet(-100) Resize(256)-CenterCrop(224)
+_SOLO_LEARN = {"cifar": Preprocess(32, 32, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+               "stl10": Preprocess(96, 96, (0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261), fit="squash")}
+
+
+def solo_learn_preprocess(dataset: str | None, cifar_stem: bool) -> Preprocess:
+    """The data set args.json names, else the stem: solo-learn rebuilds the ResNet stem for CIFAR only."""
+    if dataset in ("cifar10", "cifar100") or (dataset is None and cifar_stem):
+        return _SOLO_LEARN["cifar"]
+    return _SOLO_LEARN.get(dataset, IMAGENET_PREPROCESS)
+
+
 def _build_timm(spec: str, rest: str, base_dir):
     """timm:NAME (random), timm:NAME.TAG (timm's published weights: HF cache, else download) or timm:NAME[.TAG]@PATH
-    (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`)."""
+    (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`).
+    `#KEY` takes entry KEY of the file (or of the tag's original file), e.g. I-JEPA's "#target_encoder"."""
     timm = import_extra("timm", "timm")
+    rest, part = split_part(rest)
     name, _, source = rest.partition("@")
-    pretrained = "." in name and not source
+    pretrained = "." in name and not source and part is None
     model = _create_timm(timm, name, pretrained, spec)
-    net = EncoderNet(model, random_init=not pretrained and not source)
-    if source:
+    net = EncoderNet(model, random_init=not pretrained and not source and part is None)
+    if source or part is not None:
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = [classifier] if isinstance(classifier, str) else list(classifier)
-        net = _load_file(model, _resolve_path(source, base_dir, spec), classifier, spec)
+        path = _resolve_path(source, base_dir, spec) if source else None
+        obj = read_weights(path) if path else _tag_file(model.pretrained_cfg, name, part, spec)
+        net, own = _load_file(model, obj, classifier, spec, path, part)
+        return net, own or _timm_preprocess(timm.data.resolve_data_config({}, model=model))
     return net, _timm_preprocess(timm.data.resolve_data_config({}, model=model))
 
 
+def _tag_file(cfg: dict, name: str, part: str, spec: str):
+    """The original file behind a timm tag (its pretrained_cfg `file` or `url`), for `timm:NAME.TAG#KEY`."""
+    if "." not in name:
+        _no_part(spec, part)
+    if cfg.get("file"):
+        return read_weights(_resolve_path(cfg["file"], None, spec))
+    if cfg.get("url"):
+        return _download(cfg["url"], spec)
+    raise ValueError(f"{spec}: timm's weights for {name} are a converted state dict on the HF Hub, without "
+                     f"entries to pick; pass the original file: timm:{name}@FILE#{part}")
+
+
 def _create_timm(timm, name: str, pretrained: bool, spec: str) -> nn.Module:
-    try:  # pretrained: timm reads the HF cache (hf_hub_id) or downloads; its own loader is strict
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    """timm.create_model; pretrained weights come from the HF cache or timm's URL, and a cache miss without network
+    fails at once (`online`)."""
+    try:
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, num_classes=0)
+        cfg = timm.models.get_pretrained_cfg(name)
+        how = f"pass a local file: timm:{name}@PATH"
+        if cfg is not None and cfg.hf_hub_id and not cfg.file:
+            repo = cfg.hf_hub_id
+            cached = hub_in_cache(repo, "model.safetensors") or hub_in_cache(repo, "pytorch_model.bin")
+            with hub_access(spec, repo, cached, how):
+                return timm.create_model(name, pretrained=True, num_classes=0)
+        if cfg is not None and cfg.url and not cfg.file:
+            check_url(spec, cfg.url, torch_hub_file(cfg.url), how)
+        return timm.create_model(name, pretrained=True, num_classes=0)
     except RuntimeError as e:  # timm's "Unknown model" / "Invalid pretrained tag"
         raise ValueError(f"{spec}: {e}") from None
     except OSError as e:  # huggingface_hub's cache misses and connection errors are OSErrors

@@ -80,11 +80,13 @@ IMAGENET_PREPROCESS = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
 class EncoderNet(nn.Module):
     """A trunk with pooled (B, D) output and an optional head on top: the shape every encoder is brought into."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module | None = None, random_init: bool = False):
+    def __init__(self, backbone: nn.Module, projector: nn.Module | None = None, random_init: bool = False,
+                 no_projector: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projector
         self.random_init = random_init  # no weights file: every build draws another network
+        self.no_projector = no_projector  # why a head the checkpoint has could not be rebuilt exactly
 
 
 class FrozenEncoder(nn.Module):
@@ -230,6 +232,8 @@ def _resolve_layers(net, layer: str, spec: str) -> list[tuple[str, nn.Module | N
     layout = token_layout(net.backbone)
     out = []
     for name in names:
+        if name == "projector" and net.projector is None and getattr(net, "no_projector", None):
+            raise ValueError(net.no_projector)
         if name == "projector" and net.projector is None:
             raise ValueError(f"{spec}: no projector (head) in this model or checkpoint; use layer 'backbone' or a "
                              "module name (official releases: load the full checkpoint, not the backbone-only file)")

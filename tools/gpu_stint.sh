@@ -37,7 +37,7 @@ if [ "$SMOKE" = 1 ]; then
     BATCH=8; BUDGET_S=0; STEPS=3; WORKERS=0; DEVICE=cpu; EVAL_BATCH=16; EVAL_STEPS=(--steps 2)
     SETS=(reported=0:4 choosing=4:4 fd500=0:6:1); SEEDS=(0 1)
 else
-    JUDGE=(--epochs 40); WIDTHS=(96 192 192); EXTRA=()
+    JUDGE=(--epochs 80); WIDTHS=(96 192 192); EXTRA=()
     BATCH=256; BUDGET_S=${BUDGET_S:-240}; STEPS=3000; WORKERS=5; DEVICE=cuda; EVAL_BATCH=1000; EVAL_STEPS=()
     SETS=(reported=0:200 choosing=5000:400 fd500=0:500:1); SEEDS=(0 1 2)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$LOG"
@@ -59,7 +59,7 @@ train_run() {  # NAME MAX_STEPS EXTRA... ; the --max-minutes guard stops a slow 
     rcdm train --preset cifar10-32 --data "$DATA:train" --cache "$WORK/emb-backbone.safetensors" \
         --output-dir "$WORK/$name" --block-out-channels "${WIDTHS[@]}" --attention-levels 2 "${EXTRA[@]}" \
         --batch-size "$BATCH" --lr 1e-3 --warmup-steps 200 --lr-schedule cosine --snr-gamma 0 --max-steps "$steps" \
-        --max-minutes "$(( (BUDGET_S + 90) / 60 + 1 ))" --num-workers "$WORKERS" --log-every 25 --sample-every 0 \
+        --max-minutes "$($PY -c "print(($BUDGET_S + 60) / 60)")" --num-workers "$WORKERS" --log-every 25 --sample-every 0 \
         --eval-data none --checkpoint-every 1000000 --export-dtype float16 --report-to tensorboard "$@" \
         > "$WORK/$name.log" 2>&1
 }

@@ -91,10 +91,12 @@ def _sniff(path: Path) -> str:
         raise ValueError(f"{path}: the file is empty (0 bytes); download or save it again")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith((b"PK\x03\x04", b"\x80")):
+    if head.startswith(b"PK\x03\x04"):
         return "torch"
-    if head[8:9] == b"{":
+    if head[8:9] == b"{":  # before the pickle test: a header length such as 0x2f80 also starts with 0x80
         return "safetensors"
+    if head.startswith(b"\x80"):
+        return "torch"
     raise ValueError(f"{path}: neither a PyTorch checkpoint (zip or pickle) nor a safetensors file (it starts with "
                      f"{head[:8]!r}); pass the weights file itself")
 

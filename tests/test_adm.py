@@ -212,7 +212,8 @@ def test_convert_writes_a_self_describing_pipeline(small_release, tiny_encoder_d
     pre = pipe.encoder.preprocess
     assert (pre.size, pre.crop, pre.mean, pre.std, pre.pixel_range, pre.interpolation) == \
         (224, 224, (0, 0, 0), (1, 1, 1), (-1, 1), "box-bicubic")
-    assert pipe.scheduler.config.variance_type == "learned_range" and pipe.sampling_defaults["num_inference_steps"] == 100
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    assert pipe.sampling_defaults["num_inference_steps"] == 100
     card = (out / "README.md").read_text()
     assert "CC-BY-NC" in card and str(path) in card and "convert-rcdm" in card
     x, t, h = torch.randn(2, 3, 128, 128), torch.tensor([5, 900]), torch.randn(2, 64)

@@ -411,3 +411,33 @@ def test_config_and_registry(cifar_dir):
         load_encoder("dino_resnet51")
     with pytest.raises(ValueError, match="torchvision:ARCH"):
         load_encoder("nonsense:thing")
+
+
+def test_bad_weight_files_are_one_line_errors(tmp_path):
+    """Every way a weights file can be bad gives one line naming the file and what to do (was: an EOFError with no
+    message, a KeyError '101', a bare SafetensorError, or torch's shape report of 24-151 lines)."""
+    from safetensors.torch import save_file
+
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, tmp_path / "ok.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "ok.safetensors")
+    for suffix in (".pth", ".safetensors"):
+        blob = (tmp_path / f"ok{suffix}").read_bytes()
+        (tmp_path / f"cut{suffix}").write_bytes(blob[: len(blob) // 2])
+        (tmp_path / f"empty{suffix}").write_bytes(b"")
+        (tmp_path / f"text{suffix}").write_text("weights are elsewhere\n")
+    wide = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if v.ndim == 4 else v for k, v in state.items()}
+    torch.save(wide, tmp_path / "wide.pth")
+    cases = {"cut.pth": "truncated", "cut.safetensors": "truncated", "empty.pth": "is empty",
+             "empty.safetensors": "is empty", "text.pth": "neither a PyTorch checkpoint",
+             "text.safetensors": "neither a PyTorch checkpoint", "wide.pth": r"20 tensors do not fit the architecture"}
+    for name, why in cases.items():
+        with pytest.raises(ValueError) as info:
+            load_encoder(f"torchvision:resnet18@{name}", base_dir=tmp_path)
+        msg = str(info.value)
+        assert why in msg and name in msg and len(msg.splitlines()) == 1 and len(msg) < 400, msg
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "config.json").write_text("{arch: ")
+    save_file({"x": torch.zeros(1)}, tmp_path / "enc" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"enc/config\.json is not valid JSON"):
+        load_encoder("file:enc", base_dir=tmp_path)

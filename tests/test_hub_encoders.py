@@ -2,6 +2,8 @@
 read-outs (cls / mean / blocks.N), Preprocess.interpolation, and the solo-learn, lightly, MAE and I-JEPA checkpoint
 layouts. Every embedding is checked against the library's own forward on the same preprocessed tensor."""
 import json
+import re
+import shutil
 import sys
 from dataclasses import replace
 
@@ -194,7 +196,7 @@ def test_hf_missing_weights_and_bad_specs_are_refused(hub, tmp_path):
     with pytest.raises(ValueError, match=r"missing .*layer\.1\.mlp\.fc2\.weight"):
         load_encoder(f"hf:o/x@{bad}")
     (bad / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ValueError, match="'bert' is not supported.*dinov2"):
+    with pytest.raises(ValueError, match="model_type 'bert' is not one rcdm reads.*dinov2"):
         load_encoder(f"hf:o/x@{bad}")
     with pytest.raises(OSError, match="hf:nobody/nothing-here.*save_pretrained"):
         load_encoder("hf:nobody/nothing-here")
@@ -204,6 +206,79 @@ def test_hf_missing_weights_and_bad_specs_are_refused(hub, tmp_path):
         load_encoder(f"hf:o/x@{hub / 'ijepa'}", "cls")
     with pytest.raises(ValueError, match=r"blocks\.0 \.\.\. blocks\.1"):
         load_encoder(f"hf:o/x@{hub / 'ijepa'}", "blocks.2")
+
+
+def _bad_copy(hub, tmp_path, name, edit):
+    d = tmp_path / name
+    shutil.copytree(hub / "dinov2", d)
+    edit(d)
+    return d
+
+
+def _json_edit(**changes):
+    def edit(d):
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return edit
+
+
+def _cut(d):
+    blob = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+
+
+HF_BAD = {  # directory edit -> what the one line must say (besides naming the directory or the file)
+    "wider-config": (_json_edit(hidden_size=48, intermediate_size=96), r"tensors do not fit Dinov2Model .* in the file "
+                     r"vs \(1, 1, 48\).*config\.json and the weights"),  # was "look at the above report"
+    "unknown-type": (_json_edit(model_type="nonsense_model"), r"model_type 'nonsense_model' is not one rcdm reads"),
+    "truncated": (_cut, r"model\.safetensors: a safetensors file that cannot be read .*truncated"),
+    "empty": (lambda d: (d / "model.safetensors").write_bytes(b""), r"model\.safetensors: the file is empty"),
+    "garbage": (lambda d: (d / "model.safetensors").write_bytes(bytes(range(256)) * 8), r"model\.safetensors: neither"),
+    "no-processor": (lambda d: (d / "preprocessor_config.json").unlink(), r"preprocessor_config\.json does not exist"),
+    "bad-json": (lambda d: (d / "config.json").write_text("{not json"), r"config\.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HF_BAD))
+def test_hf_bad_directories_are_one_line_errors(case, hub, tmp_path):
+    edit, why = HF_BAD[case]
+    d = _bad_copy(hub, tmp_path, case, edit)
+    with pytest.raises((ValueError, OSError)) as info:
+        load_encoder(f"hf:o/x@{d}")
+    msg = str(info.value)
+    assert re.search(why, msg) and str(d) in msg and len(msg.splitlines()) == 1 and len(msg) < 400, msg
+
+
+def _hub_cache(tmp_path, hub, repo):
+    """The HF cache's layout (models--ORG--NAME/refs/main + snapshots/COMMIT/) holding a save_pretrained directory."""
+    commit, root = "0" * 40, tmp_path / "hf-cache" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(hub / "dinov2", root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return tmp_path / "hf-cache"
+
+
+def test_hf_hub_names_offline_read_the_cache_or_fail_at_once(hub, tmp_path, monkeypatch):
+    """Offline, a hub name not in the HF cache is one line in seconds (was 23-47 s of retries without
+    HF_HUB_OFFLINE); a cached one is read from the cache alone."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path, hub, "org/dino-tiny")))
+    t0 = time.time()
+    with pytest.raises(OSError, match=r"^hf:org/absent: org/absent is not in the Hugging Face cache .*HF_HUB_OFFLINE "
+                                      r"is set.*`hf download org/absent`.*@DIR"):
+        load_encoder("hf:org/absent")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("rcdm.encoders.online.reachable", lambda url, timeout=3.0: False)  # no network, no env var
+    with pytest.raises(OSError, match=r"org/absent is not in the Hugging Face cache .*huggingface\.co cannot be "
+                                      r"reached"):
+        load_encoder("hf:org/absent")
+    cached = load_encoder("hf:org/dino-tiny")
+    assert constants.HF_HUB_OFFLINE is False and time.time() - t0 < 10
+    assert cached.fingerprint() == load_encoder(f"hf:org/dino-tiny@{hub / 'dinov2'}").fingerprint()
 
 
 def test_missing_extras_name_the_install_command(monkeypatch):
@@ -506,7 +581,8 @@ def _lightly_dino(vit):
     head, student = _gelu_mlp([vit.embed_dim, 48, 48, 16]), _gelu_mlp([vit.embed_dim, 48, 48, 16], seed=5)
     state = _masked_vit("teacher_backbone.", vit) | _masked_vit("student_backbone.", _vit("test_vit", seed=5))
     state |= _pre("teacher_head.layers.", head.state_dict()) | _pre("teacher_head.last_layer.", _weight_normed(16, 64))
-    state |= _pre("student_head.layers.", student.state_dict()) | _pre("student_head.last_layer.", _weight_normed(16, 64))
+    state |= _pre("student_head.layers.", student.state_dict())
+    state |= _pre("student_head.last_layer.", _weight_normed(16, 64))
     return state, head
 
 
@@ -566,6 +642,22 @@ def test_solo_learn_head_activation_comes_from_args_json(method, activation, tmp
     with pytest.raises(ValueError, match="VIbCReg.*args.json"):
         load_encoder("torchvision:resnet18@byol-ep=9.ckpt", "projector", base_dir=tmp_path)
     assert load_encoder("torchvision:resnet18@byol-ep=9.ckpt", base_dir=tmp_path).dim == 512
+
+
+def test_solo_learn_dino_head_is_its_gelu_mlp(tmp_path):
+    """solo-learn's DINO keeps DINOHead as `head` (mlp: Linear-GELU-Linear-GELU-Linear, and the weight-normed
+    last_layer), not as `projector`; the projector is the MLP's bottleneck, as for DINO's own releases."""
+    mlp = _gelu_mlp([512, 32, 32, 16])
+    ckpt, net = _cifar_solo_learn(nn.Sequential())
+    state = ckpt["state_dict"]
+    state |= _pre("head.mlp.", mlp.state_dict()) | _pre("head.last_layer.", _weight_normed(16, 64))
+    state |= _pre("momentum_backbone.", net.state_dict()) | _pre("momentum_head.mlp.", mlp.state_dict())
+    torch.save(ckpt, tmp_path / "dino.ckpt")
+    enc = load_encoder("torchvision:resnet18@dino.ckpt", "projector", base_dir=tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = mlp(net(_norm(x, enc.preprocess)))
+    torch.testing.assert_close(enc(x), want, rtol=0, atol=1e-5)
 
 
 def test_heads_of_other_modules_are_refused_not_guessed(tmp_path):

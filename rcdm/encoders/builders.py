@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from contextlib import nullcontext
 from typing import Callable
 
 import torch.nn as nn
@@ -133,24 +134,33 @@ def _tag_file(cfg: dict, name: str, part: str, spec: str):
 def _create_timm(timm, name: str, pretrained: bool, spec: str) -> nn.Module:
     """timm.create_model; pretrained weights come from the HF cache or timm's URL, and a cache miss without network
     fails at once (`online`)."""
+    with _timm_weights_access(timm, name, spec) if pretrained else nullcontext():
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        except RuntimeError as e:  # timm's "Unknown model" / "Invalid pretrained tag"
+            raise ValueError(f"{spec}: {e}") from None
+        except OSError as e:  # huggingface_hub's other errors (a gated or missing repo)
+            raise OSError(f"{spec}: could not fetch timm's weights for {name!r}: {str(e).splitlines()[0]}. Download "
+                          f"once online, or pass a local file: timm:{name}@PATH") from None
+
+
+def _timm_weights_access(timm, name: str, spec: str):
+    """Where a tag's weights come from, checked before timm tries: the HF cache (a context that keeps
+    huggingface_hub offline when the Hub cannot be reached), or torch hub's cache for a URL."""
     try:
-        if not pretrained:
-            return timm.create_model(name, pretrained=False, num_classes=0)
         cfg = timm.models.get_pretrained_cfg(name)
-        how = f"pass a local file: timm:{name}@PATH"
-        if cfg is not None and cfg.hf_hub_id and not cfg.file:
-            repo = cfg.hf_hub_id
-            cached = hub_in_cache(repo, "model.safetensors") or hub_in_cache(repo, "pytorch_model.bin")
-            with hub_access(spec, repo, cached, how):
-                return timm.create_model(name, pretrained=True, num_classes=0)
-        if cfg is not None and cfg.url and not cfg.file:
-            check_url(spec, cfg.url, torch_hub_file(cfg.url), how)
-        return timm.create_model(name, pretrained=True, num_classes=0)
-    except RuntimeError as e:  # timm's "Unknown model" / "Invalid pretrained tag"
-        raise ValueError(f"{spec}: {e}") from None
-    except OSError as e:  # huggingface_hub's cache misses and connection errors are OSErrors
-        raise OSError(f"{spec}: could not fetch timm's weights for {name!r} (offline and not in the HF cache?): "
-                      f"{str(e).splitlines()[0]}. Download once online, or pass a local file: timm:{name}@PATH")
+    except RuntimeError:  # an unknown name: create_model says so
+        cfg = None
+    how = f"pass a local file: timm:{name}@PATH"
+    if cfg is None or cfg.file:
+        return nullcontext()
+    if cfg.hf_hub_id:
+        repo = cfg.hf_hub_id
+        cached = hub_in_cache(repo, "model.safetensors") or hub_in_cache(repo, "pytorch_model.bin")
+        return hub_access(spec, repo, cached, how)
+    if cfg.url:
+        check_url(spec, cfg.url, torch_hub_file(cfg.url), how)
+    return nullcontext()
 
 
 def _timm_preprocess(cfg: dict) -> Preprocess:
@@ -172,7 +182,10 @@ def _build_file(spec: str, rest: str, base_dir):
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{spec}: {p} does not exist (file: = config.json + model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{spec}: {cfg_path} is not valid JSON ({e}); save the encoder again") from None
     if cfg.get("arch") not in FILE_ARCHS:
         raise ValueError(f"{spec}: {cfg_path} names arch {cfg.get('arch')!r}; known: {sorted(FILE_ARCHS)}")
     net = FILE_ARCHS[cfg["arch"]](cfg)

@@ -10,16 +10,19 @@ with use_mean_pooling, without the fine-tuned pooler's layernorm). `vit` gives c
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .frozen import IMAGENET_MEAN, IMAGENET_STD, EncoderNet, Preprocess
 from .vit import TokenLayout, pool_tokens
-from .weights import _few, _resolve_path, import_extra
+from .online import hub_access, hub_in_cache
+from .weights import _few, _first_line, _resolve_path, _sniff, import_extra
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,61 @@ def _blocks_path(model: nn.Module) -> str:
 def _build_hf(spec: str, rest: str, base_dir):
     transformers = import_extra("transformers", "hf")
     repo, _, local = rest.partition("@")
-    source = str(_resolve_path(local, base_dir, spec)) if local else repo
-    model_type = _fetch(spec, source, lambda: transformers.AutoConfig.from_pretrained(source)).model_type
-    family = _FAMILIES.get(model_type)
-    if family is None:
-        raise ValueError(f"{spec}: model_type {model_type!r} is not supported; hf: reads {sorted(_FAMILIES)}")
-    load = partial(getattr(transformers, family.cls).from_pretrained, source, output_loading_info=True,
-                   dtype=torch.float32, **dict(family.kwargs))
-    with _quiet(transformers):  # its report lists every unexpected key (a CLIP text tower: hundreds); we check below
+    if local:
+        source = str(_check_dir(_resolve_path(local, base_dir, spec), spec))
+        access = nullcontext()
+    else:
+        source = repo
+        access = hub_access(spec, repo, hub_in_cache(repo), "point @DIR at a save_pretrained copy")
+    with access, _quiet(transformers):  # its load report lists every unexpected key (a CLIP text tower: hundreds)
+        config = _fetch(spec, source, lambda: transformers.PretrainedConfig.get_config_dict(source)[0])
+        family = _FAMILIES.get(config.get("model_type"))
+        if family is None:
+            raise ValueError(f"{spec}: config.json's model_type {config.get('model_type')!r} is not one rcdm reads; "
+                             f"hf: reads {', '.join(sorted(_FAMILIES))}")
+        # mismatched sizes are loaded as random and listed, so that _check_loaded names them (transformers would
+        # raise pointing at a report its logging level hides)
+        load = partial(getattr(transformers, family.cls).from_pretrained, source, output_loading_info=True,
+                       dtype=torch.float32, ignore_mismatched_sizes=True, **dict(family.kwargs))
         model, info = _fetch(spec, source, load)
-    _check_loaded(info, family, spec)
-    processor = _fetch(spec, source, lambda: _processor_dict(transformers, source))
+        _check_loaded(info, family, spec)
+        processor = _fetch(spec, source, lambda: _processor_dict(transformers, source))
     return EncoderNet(HFVisionTrunk(model.eval(), family)), hf_preprocess(processor, spec)
+
+
+def _check_dir(path: Path, spec: str) -> Path:
+    """A save_pretrained directory: its JSON files and weight files readable, each failure one line naming the file."""
+    if not path.is_dir():
+        raise ValueError(f"{spec}: {path} is not a directory; @DIR is a save_pretrained directory (config.json, "
+                         "model.safetensors, preprocessor_config.json)")
+    for name in ("config.json", "preprocessor_config.json"):
+        f = path / name
+        if not f.is_file():
+            raise FileNotFoundError(f"{spec}: {f} does not exist; @DIR is a save_pretrained directory (model."
+                                    "save_pretrained(DIR) and processor.save_pretrained(DIR) write it)")
+        try:
+            json.loads(f.read_text())
+        except ValueError as e:
+            raise ValueError(f"{spec}: {f} is not valid JSON ({e}); save it again") from None
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"{spec}: {path} holds no model.safetensors (or pytorch_model.bin); save the model "
+                                "with save_pretrained into it")
+    for f in weights:
+        _check_weights_file(f)
+    return path
+
+
+def _check_weights_file(f: Path) -> None:
+    from safetensors import safe_open
+
+    if _sniff(f) == "safetensors":
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception as e:  # SafetensorError
+            raise ValueError(f"{f}: a safetensors file that cannot be read ({_first_line(e)}); it is probably "
+                             "truncated: download or save it again") from None
 
 
 @contextmanager
@@ -120,22 +166,30 @@ def _quiet(transformers):
 
 
 def _fetch(spec: str, source: str, load):
-    """Run a from_pretrained-style call; a cache miss offline (or no network) becomes one clear line."""
+    """Run a from_pretrained-style call; what transformers raises on a bad file becomes one line naming the spec."""
     try:
         return load()
-    except OSError as e:
-        raise OSError(f"{spec}: cannot read {source!r} ({str(e).splitlines()[0]}). Offline, point @DIR at a "
-                      "save_pretrained directory or fill the HF cache once online (huggingface-cli download)") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{spec}: transformers cannot read {source!r}: {_first_line(e)}") from None
+    except Exception as e:  # safetensors' SafetensorError (a cut file in the HF cache), and the like
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{spec}: a weights file of {source!r} cannot be read ({_first_line(e)}); it is "
+                         "probably truncated: download it again") from None
 
 
 def _check_loaded(info: dict, family: _Family, spec: str):
     """Missing or mismatched weights would stay random: refuse. Unexpected ones are the parts of a hub checkpoint
     that are not the vision trunk (MAE's decoder, CLIP's text tower), and are ignored."""
-    missing = list(info.get("missing_keys") or [])
-    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
-    if missing or mismatched:
-        raise ValueError(f"{spec}: checkpoint does not fill {family.cls}; missing {_few(sorted(missing))}, "
-                         f"wrong shape {_few(sorted(mismatched))}. Is it the model the config names?")
+    missing = sorted(info.get("missing_keys") or [])
+    wrong = [f"{k[0]} {tuple(k[1])} in the file vs {tuple(k[2])}" if isinstance(k, tuple) and len(k) == 3 else str(k)
+             for k in info.get("mismatched_keys") or []]
+    if wrong:
+        raise ValueError(f"{spec}: {len(wrong)} tensors do not fit {family.cls} as config.json describes it, e.g. "
+                         f"{'; '.join(sorted(wrong)[:2])}. Do config.json and the weights belong together?")
+    if missing:
+        raise ValueError(f"{spec}: checkpoint does not fill {family.cls}; missing {_few(missing)}. Is it the model "
+                         "the config names?")
 
 
 def _processor_dict(transformers, source: str) -> dict:

@@ -98,7 +98,8 @@ def _sniff(path: Path) -> str:
     if head.startswith(b"\x80"):
         return "torch"
     raise ValueError(f"{path}: neither a PyTorch checkpoint (zip or pickle) nor a safetensors file (it starts with "
-                     f"{head[:8]!r}); pass the weights file itself")
+                     f"{head[:8]!r}); it is damaged or another kind of file: pass the weights file, downloaded or "
+                     "saved again")
 
 
 def _download(url: str, spec: str):

@@ -114,3 +114,19 @@ def test_evaluate_command_takes_a_classifier(tiny_pipeline_dir, tiny_judge, tiny
     c = json.loads(out.read_text())["classifier"]
     assert {"accuracy_samples", "accuracy_sources", "fd", "fd_real", "n"} <= set(c) and c["n"] == 6
     assert "of samples show their source's class" in capsys.readouterr().out
+
+
+def test_report_fidelity_shows_the_classifier(tiny_pipeline_dir, tiny_judge, tmp_path, cifar_npz):
+    from rcdm.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", "--model", f"tiny={tiny_pipeline_dir}", "--data", f"{cifar_npz}:test", "--out", str(out),
+                 "--num-images", "4", "--invariance-images", "2", "--memorization-images", "2", "--bank-size", "40",
+                 "--steps", "1", "--dtype", "float32", "--quiet", "--augmentations", "flip",
+                 "--classifier", str(tiny_judge[1])]) == 0
+    view = json.loads((out / "report.json").read_text())["sections"]["fidelity"]["tiny"]
+    rows = {r["what"]: r for r in view["rows"]}
+    got = rows["classifier: samples of the source's class %"]
+    assert got["n"] == 4 and "interval" in got and rows["classifier FD real vs sources"]["value"] > 0
+    assert any("independent classifier" in s for s in view["sentences"])
+    assert "classifier: accuracy on the sources %" in (out / "index.html").read_text()

@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
                    help=f"images per split for memorization (default: {d.memorization_images})")
     p.add_argument("--bank-size", type=int, default=d.bank_size,
                    help=f"labelled train embeddings for kNN labels and neighbours (default: {d.bank_size})")
+    p.add_argument("--classifier", default=None,
+                   help="an independent classifier for the fidelity section, e.g. pretrained/cifar10-judge: the "
+                        "share of samples it labels with their source's class, and FD in its features "
+                        "(default: none)")
     p.add_argument("--augmentations", nargs="+", default=list(AUGMENTATIONS), choices=list(AUGMENTATIONS),
                    help="augmentations of the invariance profile (default: all)")
     add_sampling_flags(p, num_samples=d.samples_per_image, names=("--samples-per-image",),
@@ -51,7 +55,7 @@ def settings_from_args(args) -> ReportSettings:
     return ReportSettings(num_images=args.num_images, samples_per_image=args.num_samples,
                           invariance_images=args.invariance_images, memorization_images=args.memorization_images,
                           bank_size=args.bank_size, seed=args.seed, steps=args.steps, scheduler=args.scheduler,
-                          guidance=args.guidance, batch_size=args.batch_size)
+                          guidance=args.guidance, batch_size=args.batch_size, classifier=args.classifier)
 
 
 def run(args) -> None:

@@ -118,7 +118,22 @@ def fidelity_view(n: dict) -> dict:
                      beside=f"kNN k={ca['k']} on {ca['num_train']} bank images")]
         text.append(f"The kNN class of a sample is its source's class {_s(pct(ca['samples']))}% of the time, "
                     f"against {_s(pct(ca['real']))}% for the real images themselves.")
+    if "accuracy_samples" in n.get("classifier", {}):  # only when a classifier was given
+        rows += classifier_rows(n["classifier"], N, text)
     return {"rows": rows, "sentences": text[:1] + [" ".join(text[1:])] if len(text) > 1 else text}
+
+
+def classifier_rows(c: dict, n: int, text: list) -> list[dict]:
+    """The independent classifier's rows (rcdm.metrics definition 5), and a sentence appended to `text`."""
+    text.append(f"An independent classifier labels {_s(pct(c['accuracy_samples']))}% of the samples with their "
+                f"source's class, against {_s(pct(c['accuracy_sources']))}% of the sources themselves.")
+    return [row("classifier: samples of the source's class %", pct(c["accuracy_samples"]), n,
+                _pct(c["samples_ci"]), beside="Wilson, n = images"),
+            row("classifier: accuracy on the sources %", pct(c["accuracy_sources"]), n, _pct(c["sources_ci"])),
+            row("classifier FD samples vs sources", c["fd"], c["num_samples"], unit="samples",
+                no_interval="one statistic of the whole set; read it against real vs real"),
+            row("classifier FD real vs sources", c["fd_real"], c["num_real"], unit="real images",
+                no_interval="the calibration itself")]
 
 
 def _pct(ci):

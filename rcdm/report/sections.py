@@ -125,11 +125,13 @@ def fidelity(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
     """`rcdm.evaluate.evaluate` on the first `num_images` test items, with bootstrap intervals over images for
     the rank numbers and Wilson intervals (n = images) for the class agreement."""
     from ..evaluate import evaluate
+    from ..judge import load_judge
 
+    judge = load_judge(s.classifier, pipe.device) if s.classifier else None
     with tempfile.TemporaryDirectory() as d:
         png = Path(d) / "summary.png"
         m = evaluate(pipe, inputs.data, s.num_images, s.sampling(s.samples_per_image), train_data=bank.path,
-                     progress=False, summary_png=str(png))
+                     progress=False, summary_png=str(png), classifier=judge)
         with Image.open(png) as im:
             fig = im.copy()
     ranks, n = np.asarray(m["per_image"]["rank"], dtype=np.float64), m["num_images"]
@@ -141,8 +143,12 @@ def fidelity(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
         ca = {"skipped": bank.why_not or ca["skipped"]}
     else:
         ca = {**ca, "samples_ci": wilson(ca["samples"], n), "real_ci": wilson(ca["real"], n)}
+    clf = m["classifier"]
+    if "accuracy_samples" in clf:
+        clf = {**clf, "samples_ci": wilson(clf["accuracy_samples"], n), "sources_ci": wilson(clf["accuracy_sources"], n)}
     numbers = {"num_images": n, "samples_per_image": s.samples_per_image, "rank": m["rank"], "rank_ci": ci,
-               "fd": m["fd"], "diversity": m["diversity"], "class_agreement": ca, "bank": bank.source,
+               "fd": m["fd"], "diversity": m["diversity"], "class_agreement": ca, "classifier": clf,
+               "bank": bank.source,
                "sampling": m["sampling"], "per_image_rank": m["per_image"]["rank"]}
     return numbers, {"summary": fig}
 

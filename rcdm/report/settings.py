@@ -32,6 +32,7 @@ class ReportSettings:
     scheduler: str | None = None       # sampler (None: the model's recorded choice)
     guidance: float | None = None      # guidance scale (None: the model's recorded choice)
     batch_size: int = 64               # samples per sampler call: memory only, not results
+    classifier: str | None = None      # fidelity: an independent judge (rcdm.judge), e.g. pretrained/cifar10-judge
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resources import pretrained_root
+
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 ARCH = "cifar-resnet9"
 
@@ -139,9 +141,7 @@ def _resolve(path) -> Path:
     p = Path(path)
     if (p / CONFIG_FILE).is_file():
         return p
-    from .resources import pretrained_root  # a shipped name, e.g. "cifar10-judge"
-
-    shipped = pretrained_root() / str(path)
+    shipped = pretrained_root() / str(path)  # a shipped name, e.g. "cifar10-judge"
     if (shipped / CONFIG_FILE).is_file():
         return shipped
     raise FileNotFoundError(f"no judge at {path!r} (looked for {CONFIG_FILE} there and in {pretrained_root()}); "

@@ -51,9 +51,9 @@ def _pickle_error_detail(e: Exception) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    """An exception's message in one short line (some have none: an EOFError from an empty pickle)."""
+    """An exception's first sentence, on one short line (some have none: an EOFError from an empty pickle)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0][:200] if lines else "") or type(e).__name__
+    return (lines[0].split(". ")[0].rstrip(".")[:200] if lines else "") or type(e).__name__
 
 
 def import_extra(module: str, extra: str):

@@ -402,10 +402,12 @@ def test_converted_chain_equals_guided_diffusions_chain(converted, tiny_encoder_
     pipe = RCDMPipeline(unet=adm, scheduler=make_scheduler(sampler, loaded.scheduler.config), encoder=loaded.encoder)
     pipe.set_progress_bar_config(disable=True)
     h = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
-    got = pipe._sample(h, steps, 1.0, torch.Generator().manual_seed(1), None)  # (2, 3, 16, 16), before any clamp
+    out = pipe(embeddings=h, num_inference_steps=steps, guidance_scale=1.0, output_type="pt",
+               generator=torch.Generator().manual_seed(1))  # one generator: x_T, then each step's noise, in turn
+    got = out.images * 2 - 1  # (2, 3, 16, 16) in [-1, 1]
     g = torch.Generator().manual_seed(1)
     want = gd_sample(ref, h, lambda: torch.randn(2, 3, 16, 16, generator=g), steps)
-    assert want.abs().max() <= 1 and got.abs().max() <= 1  # the last step returns the clipped x0
+    assert want.abs().max() <= 1  # the last step (t = 0) returns the clipped x0, unclamped by the pipeline
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # measured max 1.4e-5 (the trailing grid: 0.16)
 
 

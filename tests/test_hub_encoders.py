@@ -701,3 +701,20 @@ def test_solo_learn_cifar_checkpoints_get_solo_learns_cifar_preprocessing(tmp_pa
     (tmp_path / "args.json").write_text(json.dumps({"method": "byol", "data": {"dataset": "stl10"}}))
     assert load_encoder("torchvision:resnet18@last.ckpt", base_dir=tmp_path).preprocess == \
         Preprocess(96, 96, (0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261), fit="squash")
+
+
+def test_reachable_probes_one_tcp_connect(monkeypatch):
+    import socket
+    import time
+
+    from rcdm.encoders.online import reachable
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x")
+    t0 = time.time()
+    assert not reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=1.0)  # closed: refused at once
+    assert time.time() - t0 < 1.6

@@ -714,7 +714,8 @@ def test_reachable_probes_one_tcp_connect(monkeypatch):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x")
+        port = server.getsockname()[1]
+        assert reachable(f"http://127.0.0.1:{port}/x")
     t0 = time.time()
-    assert not reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=1.0)  # closed: refused at once
+    assert not reachable(f"http://127.0.0.1:{port}/x", timeout=1.0)  # closed: refused at once
     assert time.time() - t0 < 1.6

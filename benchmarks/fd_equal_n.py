@@ -41,7 +41,7 @@ def main():
     pipe = load_pipeline(args.model, "cpu", args.dtype)
     refs = read_references(open_dataset(args.data, "test"), 2 * args.n, [pipe.encoder])
     h = refs.feats[0]  # (2N, D)
-    run = Sampling(steps=args.steps, scheduler=args.scheduler, seed=args.seed).resolve(pipe)
+    run = Sampling(num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed).resolve(pipe)
     x = sample(pipe, h[: args.n], refs.indices[: args.n], run)  # (N, 3, R, R)
     h_hat = pipe.encoder.encode(x, batch_size=256).cpu()
     res = {"model": str(args.model), "n": args.n, "sampling": run.describe(),

@@ -44,7 +44,7 @@ def parse_samplers(text: str) -> list[tuple[str, int, float]]:
 def measure(pipe, data: str, num_images: int, scheduler: str, steps: int, guidance: float, seed: int,
             batch_size: int, offset: int = 0) -> dict:
     """One CSV row: faithfulness, measured NFE and sampling wall time of one sampler."""
-    m = evaluate(pipe, data, num_images, Sampling(steps=steps, scheduler=scheduler, guidance=guidance, seed=seed,
+    m = evaluate(pipe, data, num_images, Sampling(num_inference_steps=steps, scheduler=scheduler, guidance_scale=guidance, seed=seed,
                                                   batch_size=batch_size), offset=offset)
     r, t = m["rank"], m["timing"]["sample_seconds"]
     label = f"{scheduler}-{steps}" + (f"-g{guidance:g}" if guidance != 1.0 else "")

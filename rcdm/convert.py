@@ -249,7 +249,8 @@ def resolve_published(name: str, cache_dir: str | os.PathLike | None = None) -> 
 def _current(out: Path) -> bool:
     """A conversion made before the recorded sampler became RCDM's own is made again (same weights)."""
     meta = out / "rcdm_pipeline.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("scheduler") == SAMPLER
+    recorded = json.loads(meta.read_text()) if meta.is_file() else {}
+    return recorded.get("sampling", {}).get("scheduler", recorded.get("scheduler")) == SAMPLER  # new form, old form
 
 
 def _download(url: str, root: Path, name: str) -> Path:

@@ -16,7 +16,6 @@ candidates are tied to that precision.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,69 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import check_bad, open_dataset, readable_items
-from .images import resize_center_crop, to_pil, to_uint8
+from .data import open_dataset
+from .images import to_pil, to_uint8
 from .metrics import (class_agreement, classifier_scores, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats,
                       sample_ranks)
+from .references import ENCODE_CHUNK, References, read_references, train_features  # noqa: F401 (re-exported)
 from .sampling import Sampling, sample_batches, sampling_context
 
 FORMAT = "rcdm-metrics/1"
-ENCODE_CHUNK = 256  # images per encoder call; fixed, so features never depend on `batch_size`
 NUM_EXAMPLES = 4  # rows of (input, samples) in the summary figure
-
-
-@dataclass
-class References:
-    """The reference images x, encoded. Row i of every tensor is dataset item `indices[i]`."""
-
-    indices: torch.Tensor        # (N,) positions in the dataset
-    labels: torch.Tensor         # (N,) class labels, -1 where the data has none
-    thumbs: torch.Tensor | None  # (N, 3, R, R) uint8: x at the model's resolution (Inception FID, figures)
-    feats: list[torch.Tensor]    # one float32 (N, D_e) CPU tensor per encoder asked for
-
-
-# ------------------------------------------------------------------------------------------------ references
-def read_references(ds, num_images: int, encoders, resolution: int | None = None, progress: bool = True,
-                    offset: int = 0):
-    """Encode the first `num_images` readable items of `ds` from position `offset` on with each encoder, in fixed
-    chunks. Unreadable items are skipped and counted; more than 1% of them is an error (as in
-    `rcdm.data.decode_all`)."""
-    from tqdm.auto import tqdm
-
-    bad, idx, labels, thumbs, feats = [], [], [], [], [[] for _ in encoders]
-    if offset < 0 or offset >= max(len(ds), 1):  # empty data keeps its own error below
-        raise ValueError(f"offset {offset} is outside the data's {len(ds)} items: pick 0 <= offset < {len(ds)}")
-    items = readable_items(ds, num_images, bad, offset)
-    with tqdm(total=min(num_images, len(ds) - offset), desc="encoding", unit="img", disable=not progress) as bar:
-        while chunk := list(itertools.islice(items, ENCODE_CHUNK)):
-            pils = [to_pil(x)[0] for _, x, _ in chunk]  # as `pipe(images=...)` sees them
-            for out, enc in zip(feats, encoders):
-                out.append(enc.encode(pils, batch_size=ENCODE_CHUNK).cpu())
-            if resolution is not None:
-                thumbs.append(torch.stack([resize_center_crop(x, resolution) for _, x, _ in chunk]))
-            idx += [i for i, _, _ in chunk]
-            labels += [y for _, _, y in chunk]
-            bar.update(len(chunk))
-    check_bad(bad, len(idx) + len(bad), max_bad_frac=0.01)
-    if not idx:
-        raise ValueError("the data holds no readable images")
-    return References(torch.tensor(idx), torch.tensor(labels), torch.cat(thumbs) if thumbs else None,
-                      [torch.cat(f) for f in feats])
-
-
-def train_features(train_data: str, judge, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labelled training embeddings in the judge's space: from an embedding cache (`rcdm embed`, view 0 = the
-    image as is), which must come from the judge's encoder and layer, or by encoding a data spec."""
-    if train_data.endswith(".safetensors"):
-        from .cache import EmbeddingCache
-        from .pipeline import check_encoder_matches
-
-        cache = EmbeddingCache.load(train_data)
-        check_encoder_matches(judge, cache.meta["encoder"], train_data)
-        return cache.embeddings[:, 0].float(), cache.labels
-    ds = open_dataset(train_data, "train")
-    refs = read_references(ds, len(ds), [judge], progress=progress)
-    return refs.feats[0], refs.labels
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -96,7 +41,7 @@ def _sample_and_judge(pipe, refs: References, judge, run: Sampling, inception, p
     as uint8 (K, 3, R, R), and the classifier outputs (or None)."""
     from tqdm.auto import tqdm
 
-    k, h_hat, spread, examples, classified = run.samples_per_image, [], [], [], []
+    k, h_hat, spread, examples, classified = run.num_samples, [], [], [], []
     with tqdm(total=len(refs.indices) * k, desc="sampling", unit="sample", disable=not progress) as bar:
         for a, x in sample_batches(pipe, refs.feats[0], refs.indices, run):
             h_hat.append(judge.encode(x, batch_size=ENCODE_CHUNK).cpu())
@@ -159,7 +104,7 @@ class InceptionScores:
 def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judge=None,
              train_data: str | None = None, progress: bool = True, inception_weights: str | None = None,
              summary_png: str | None = None, offset: int = 0, classifier=None) -> dict:
-    """Sample `run.samples_per_image` images from the embedding of each of the first `num_images` items of `data`
+    """Sample `run.num_samples` images from the embedding of each of the first `num_images` items of `data`
     from position `offset` on (a spec for `rcdm.data.open_dataset`; a bare .npz means its test split) and measure
     their fidelity (`rcdm.metrics`). An `offset` gives references disjoint from the first `num_images`, e.g. a set
     to choose between models on while the first ones stay the reported metric. `run` defaults to one sample per
@@ -174,7 +119,7 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     judge = pipe.encoder if judge is None else judge
     t0 = time.time()
     refs = _encode_references(pipe, judge, data, num_images, progress, offset)
-    n, k = len(refs.indices), run.samples_per_image
+    n, k = len(refs.indices), run.num_samples
     inception, skipped = InceptionScores.create(inception_weights, refs.thumbs, n * k, pipe.device)
     t1 = time.time()
     with sampling_context(pipe, run) as count:
@@ -267,5 +212,6 @@ def save_summary(path, metrics: dict, thumbs: torch.Tensor, examples: list[torch
     ax_img.set_title("input | samples")
     ax_img.axis("off")
     s = metrics["sampling"]
-    fig.suptitle(f"{s['scheduler']} x {s['steps']} steps, guidance {s['guidance']}, judge {metrics['judge']['spec']}")
+    fig.suptitle(f"{s['scheduler']} x {s['num_inference_steps']} steps, guidance {s['guidance_scale']}, "
+                 f"judge {metrics['judge']['spec']}")
     fig.savefig(path, dpi=100)

@@ -71,6 +71,6 @@ class HeldOut:
         from .metrics import rank_stats
         from .sampling import Sampling, sample
 
-        x_hat = sample(pipe, self.h, keys=self.keys.tolist(), run=Sampling(steps=steps, seed=seed))
+        x_hat = sample(pipe, self.h, keys=self.keys.tolist(), run=Sampling(num_inference_steps=steps, seed=seed))
         stats = rank_stats(self.h, pipe.encoder.encode(x_hat))
         return {"heldout_mean_rank": stats["mean"], "heldout_top1_pct": stats["top1_pct"]}

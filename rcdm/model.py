@@ -14,27 +14,16 @@ Two additions over the reference:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
 
+from .adm import ADMUNet
 from .align import projector
+from .conditioning import EmbeddingCondition, RCDMUNetOutput  # re-exported: the denoisers' shared parts
 from .unet_config import UNetConfig  # torch-free, for the command line's flags; re-exported here
-
-
-@dataclass
-class RCDMUNetOutput(BaseOutput):
-    """`sample`: the eps or v prediction (B, 3, R, R). `mean`: D(h), the mean-decoder image, or None. `align`: the
-    REPA projection of the mid-block features, or None."""
-
-    sample: torch.Tensor
-    mean: torch.Tensor | None = None
-    align: torch.Tensor | None = None  # REPA projector output (B, C_enc, r, r), in training mode only
 
 
 def build_denoiser(cfg: UNetConfig, embedding_dim: int, sample_size: int, null_embedding: bool = True,
@@ -43,8 +32,6 @@ def build_denoiser(cfg: UNetConfig, embedding_dim: int, sample_size: int, null_e
     if cfg.arch == "adm" and align_dim:
         raise ValueError("REPA alignment (--repa-weight) is implemented for the rcdm UNet only, not --arch adm")
     if cfg.arch == "adm":
-        from .adm import ADMUNet
-
         c0 = cfg.block_out_channels[0]
         if any(c % c0 for c in cfg.block_out_channels) or cfg.mean_decoder:
             raise ValueError("adm: every width must be a multiple of the first (ADM's channel_mult), and the "
@@ -83,45 +70,6 @@ class MeanDecoder(nn.Module):
     def forward(self, h):
         x = self.fc(h).view(-1, self.channels, 4, 4)  # (B, C, 4, 4)
         return self.net(x)  # (B, 3, R, R)
-
-
-class EmbeddingCondition:
-    """How a denoiser takes h: standardised per dimension, with an optional learned null embedding substituted for
-    the rows a `drop_mask` selects (classifier-free guidance). Shared by RCDMUNet and the reference ADMUNet."""
-
-    def init_condition(self, embedding_dim: int, learned_null: bool) -> None:
-        self.null_embedding = nn.Parameter(torch.zeros(embedding_dim)) if learned_null else None
-        # Per-dimension standardisation of h, set from the training embeddings: SSL features range from
-        # post-ReLU averages (~0..5) to unit-norm vectors, and the projection MLP trains far better on z-scores.
-        # Identity unless set (the published RCDMs feed raw features).
-        self.register_buffer("embedding_mean", torch.zeros(embedding_dim))
-        self.register_buffer("embedding_std", torch.ones(embedding_dim))
-
-    def set_embedding_stats(self, embeddings: torch.Tensor | None = None, mean: torch.Tensor | None = None,
-                            std: torch.Tensor | None = None):
-        """Standardise h with the mean/std of the training embeddings (N, D), or with their stored (D,) mean and std
-        (an embedding cache keeps them, so training need not read every row)."""
-        if embeddings is not None:
-            mean, std = embeddings.float().mean(0), embeddings.float().std(0)
-        self.embedding_mean.copy_(mean)
-        self.embedding_std.copy_(std.clamp_min(1e-6))
-
-    def condition(self, embedding, drop_mask=None):
-        """Standardised h (B, D), with rows in `drop_mask` (B,) replaced by the learned null embedding."""
-        if embedding.ndim != 2 or embedding.shape[1] != self.config.embedding_dim:
-            raise ValueError(f"expected embeddings of shape (B, {self.config.embedding_dim}), "
-                             f"got {tuple(embedding.shape)}")
-        h = (embedding.to(self.embedding_mean) - self.embedding_mean) / self.embedding_std
-        if drop_mask is None:
-            return h.to(self.dtype)
-        if self.null_embedding is None:
-            if bool(drop_mask.any()):
-                raise ValueError("this model was trained without a null condition (like the published RCDM "
-                                 "checkpoints), so classifier-free guidance is unavailable: use guidance_scale=1")
-            return h.to(self.dtype)
-        # Always in the graph, even when no row is dropped: DDP expects a gradient for every parameter at every step
-        h = torch.where(drop_mask.view(-1, 1).to(h.device), self.null_embedding.to(h), h)
-        return h.to(self.dtype)
 
 
 class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
@@ -167,7 +115,8 @@ class RCDMUNet(EmbeddingCondition, ModelMixin, ConfigMixin):
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("align_head.")}
         missing, unexpected = grown.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("align_head.") for k in missing), (missing, unexpected)
-        return grown.to(device=self.device, dtype=self.dtype)
+        grown.to(self.device)
+        return grown if grown.dtype == self.dtype else grown.to(dtype=self.dtype)  # .to(dtype) warns even if equal
 
     def with_attention(self, levels) -> "RCDMUNet":
         """A copy with self-attention added at `levels` that computes exactly the same function: every new

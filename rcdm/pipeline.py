@@ -1,7 +1,7 @@
 """`RCDMPipeline`: encode images with the frozen encoder, sample from the conditional denoiser, decode to PIL.
 
     pipe = RCDMPipeline.from_pretrained()                       # the shipped CIFAR-10 backbone model
-    out = pipe(images=[img], num_samples=4, generator=torch.Generator().manual_seed(0))
+    out = pipe(images=[img], num_samples=4, seed=0)             # sample k of input i from noise seeded (0, i, k)
     out.images                                                  # num_samples PIL images per input, input-major
 
 What every sample of one embedding shares, the representation encodes; what varies, it has discarded.
@@ -25,26 +25,28 @@ from .hub import DEFAULT_MODEL, PIPELINE_FILE, resolve_model_path, shipped_model
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
 from .resources import pretrained_root  # where shipped models live (re-exported)
-from .sampling import DEFAULT_SAMPLING as _DEFAULTS
-from .schedulers import make_scheduler, scheduler_name, uses_learned_variance
+from .choices import DEFAULT_SAMPLING
+from .sampling import prior_generator, sample_generators
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_name, uses_learned_variance
 
 FORMAT = "rcdm-pipeline/1"
 ENCODER_DIR = "encoder"  # where save_pretrained puts a copy of a local `file:` encoder: the model carries it
-# Used when a call omits them; a model directory may record its own (rcdm_pipeline.json "sampling", beside its
-# "scheduler"), chosen by measuring fidelity per NFE (benchmarks/sampler_nfe.py). One source: rcdm.sampling.
-DEFAULT_SAMPLING = {k: _DEFAULTS[k] for k in ("num_inference_steps", "guidance_scale")}
+# A call that names no sampler, steps or guidance uses the model's recorded ones (rcdm_pipeline.json "sampling", chosen
+# by measuring fidelity per NFE: benchmarks/sampler_nfe.py), else rcdm.choices.DEFAULT_SAMPLING.
 
 
 @dataclass
 class RCDMPipelineOutput(BaseOutput):
     """`images`: num_samples per input, input-major (PIL list, or a (N, 3, R, R) tensor in [0, 1] / numpy array).
-    `embeddings`: the (B, D) conditioning embeddings."""
+    `embeddings`: the (B, D) conditioning embeddings. `seed`: the base seed of the noise (drawn when the call gave
+    none; None when it gave `generator`): `seed=out.seed` draws the same images again."""
 
     images: list | torch.Tensor | np.ndarray
     embeddings: torch.Tensor
 
 
 class RCDMPipeline(DiffusionPipeline):
+    seed: int | None = None
     """Representation-conditional sampling (Bordes et al. 2022) with a frozen encoder, an `RCDMUNet` and any
     diffusers scheduler (swap with `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`)."""
 
@@ -57,7 +59,7 @@ class RCDMPipeline(DiffusionPipeline):
             )
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
         self.training_info: dict = {}
-        self.sampling_defaults: dict = dict(DEFAULT_SAMPLING)
+        self._steps_guidance = {k: DEFAULT_SAMPLING[k] for k in ("num_inference_steps", "guidance_scale")}
         self.prior = None  # an rcdm.prior.Prior over h, for unconditional sampling (`set_prior`)
         self.spec_base = Path(".")  # where a relative `file:` encoder spec is read from: its model dir, once loaded
 
@@ -91,6 +93,24 @@ class RCDMPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ IO
     @classmethod
     def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, cache_dir=None, token=None,
+    @property
+    def dtype(self) -> torch.dtype:
+        """The denoiser's precision (the encoder stays float32)."""
+        return self.unet.dtype
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """What a call that names none of them uses: the current scheduler's name (rcdm.schedulers) and the recorded
+        num_inference_steps and guidance_scale. Saved as rcdm_pipeline.json "sampling"."""
+        return {"scheduler": scheduler_name(self.scheduler), **self._steps_guidance}
+
+    @sampling_defaults.setter
+    def sampling_defaults(self, value: dict) -> None:
+        """Record new defaults (keys as above; omitted ones stay); another scheduler name swaps the scheduler."""
+        merged = _checked_sampling({**self.sampling_defaults, **value}, "sampling_defaults")
+        self.scheduler = self._scheduler_for(merged.pop("scheduler"))
+        self._steps_guidance = merged
+
                         encoder=None, device=None, torch_dtype=torch.float32, scheduler: str | None = None):
         """Load a pipeline directory, a shipped model by name (None = the default), a published ImageNet-128 RCDM,
         or a Hub repo id "org/name" (`revision`, `cache_dir`, `token` as in huggingface_hub; HF_HUB_OFFLINE=1 reads
@@ -109,12 +129,13 @@ class RCDMPipeline(DiffusionPipeline):
             check_encoder_weights(encoder, enc_cfg, path)
         else:
             check_encoder_matches(encoder, enc_cfg, path)
-        sched = make_scheduler(scheduler or meta.get("scheduler", _DEFAULTS["scheduler"]),
+        recorded = _checked_sampling(meta.get("sampling", {}), path)
+        sched = make_scheduler(scheduler or recorded.pop("scheduler"),
                                DDPMScheduler.load_config(path / "scheduler"))  # any scheduler class reads it
         pipe = cls(unet=unet, scheduler=sched, encoder=encoder)
         pipe.training_info = meta.get("training", {})
         pipe.spec_base = path
-        pipe.sampling_defaults = _checked_sampling(meta.get("sampling", {}), path)
+        pipe._steps_guidance = {k: recorded[k] for k in ("num_inference_steps", "guidance_scale")}
         if (path / "prior" / "config.json").is_file():
             from .prior import Prior
 
@@ -137,7 +158,7 @@ class RCDMPipeline(DiffusionPipeline):
         enc["spec"] = bundle_encoder(enc["spec"], self.spec_base, tmp)
         meta = {"format": FORMAT, "encoder": enc, "resolution": self.resolution,
                 "pixel_range": [-1.0, 1.0], "prediction_type": self.unet.config.prediction_type,
-                "scheduler": scheduler_name(self.scheduler), "sampling": self.sampling_defaults,
+                "sampling": self.sampling_defaults,
                 "training": training or self.training_info}
         (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
         self.save_config(tmp)  # model_index.json: the pipeline class and [library, class] per component
@@ -169,25 +190,43 @@ class RCDMPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, images=None, embeddings=None, num_samples: int = 1, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, generator=None, output_type: str = "pil",
-                 return_dict: bool = True, callback=None):
+                 guidance_scale: float | None = None, scheduler: str | None = None, seed: int | None = None,
+                 generator=None, output_type: str = "pil", return_dict: bool = True, callback=None):
         """Sample `num_samples` images for each input image or embedding.
 
-        `num_inference_steps` and `guidance_scale` default to the model's recorded choice (`sampling_defaults`).
+        `num_inference_steps`, `guidance_scale` and `scheduler` (a name of rcdm.schedulers.SCHEDULERS, for this call
+        only) default to the model's recorded choice (`sampling_defaults`).
+
+        Seeding is rcdm's one scheme (rcdm.sampling): sample k of input i starts from noise of its own generator,
+        seeded from (seed, i, k), so `pipe(images, num_samples=K, seed=s)` draws what `rcdm sample --seed s`, the
+        app and `rcdm.sampling.sample` draw, whatever the batch. Without `seed` (and `generator`) a seed is drawn
+        from torch's global generator and returned as `out.seed`. With a prior and no input, the `num_samples`
+        embeddings come from p(h) with `rcdm.sampling.prior_generator(seed)`, then one image from each.
+        `generator` is diffusers' argument and replaces the scheme: a list of one generator per sample (what
+        `rcdm.sampling.sample` passes), or one generator that draws all the noise in turn (then a sample depends on
+        its place in the batch).
+
         All inputs x samples go through the UNet together, one call per step; with `guidance_scale != 1` the
-        conditional and null-conditioned halves share that call too. `callback(step, num_steps)` is called
-        after every step (for progress bars in UIs).
+        conditional and null-conditioned halves share that call too. `callback(step, num_steps)` is called after
+        every step (for progress bars in UIs; a call with a callback shows no bar of its own).
         """
         num_inference_steps, guidance_scale = self.resolve_sampling(num_inference_steps, guidance_scale)
         if images is None and embeddings is None and self.prior is not None:  # unconditional: h ~ p(h) first
+        if seed is not None and generator is not None:
+            raise ValueError("pass `seed` or `generator`, not both")
+        if generator is None:
+            seed = int(torch.randint(0, 2**32, ())) if seed is None else _checked_seed(seed)
             first = generator[0] if isinstance(generator, (list, tuple)) else generator
-            embeddings, num_samples = self.sample_embeddings(num_samples, first), 1
-        h = self._conditioning(images, embeddings)  # (B, D)
         _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type)
+        sched = self._scheduler_for(scheduler)
+            embeddings = self.sample_embeddings(num_samples, prior_generator(seed) if generator is None else first)
+            num_samples = 1
+        h = self._conditioning(images, embeddings)  # (B, D)
+        generator = sample_generators(seed, range(len(h)), num_samples) if generator is None else generator
         h = h.repeat_interleave(num_samples, dim=0)  # (B*S, D), input-major
-        x = self._sample(h, num_inference_steps, guidance_scale, generator, callback)  # (B*S, 3, R, R) in [-1, 1]
+        x = self._sample(h, sched, num_inference_steps, guidance_scale, generator, callback)  # (B*S, 3, R, R), [-1, 1]
         out = _postprocess(x, output_type)
-        return RCDMPipelineOutput(images=out, embeddings=h[::num_samples]) if return_dict else (out,)
+        return RCDMPipelineOutput(images=out, embeddings=h[::num_samples], seed=seed) if return_dict else (out,)
 
     @torch.no_grad()
     def sample_embeddings(self, n: int, generator=None, near=None, strength: float = 1.0,
@@ -228,21 +267,28 @@ class RCDMPipeline(DiffusionPipeline):
             raise ValueError("embeddings contain NaN or inf")
         return h.to(self.device, torch.float32)
 
-    def _sample(self, h, num_inference_steps, guidance_scale, generator, callback):
+    def _scheduler_for(self, name: str | None):
+        """The pipeline's scheduler, or for another name a new one on the same noise schedule."""
+        if name is None or name == scheduler_name(self.scheduler):
+            return self.scheduler
+        return make_scheduler(name, self.scheduler.config)
+
+    def _sample(self, h, sched, num_inference_steps, guidance_scale, generator, callback):
         n, r = h.shape[0], self.resolution
         x = randn_tensor((n, 3, r, r), generator=generator, device=self.device, dtype=torch.float32)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        x = x * self.scheduler.init_noise_sigma
+        sched.set_timesteps(num_inference_steps, device=self.device)
+        x = x * sched.init_noise_sigma
         # Only the stochastic samplers (DDPM, DDIM with eta > 0) take a generator.
-        extra = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            pred = self._predict(self.scheduler.scale_model_input(x, t), t, h, guidance_scale)
-            x = self.scheduler.step(pred, t, x, **extra).prev_sample
+        extra = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+        steps = sched.timesteps if callback is not None else self.progress_bar(sched.timesteps)
+        for i, t in enumerate(steps):
+            pred = self._predict(sched.scale_model_input(x, t), t, h, guidance_scale, uses_learned_variance(sched))
+            x = sched.step(pred, t, x, **extra).prev_sample
             if callback is not None:
-                callback(i + 1, len(self.scheduler.timesteps))
+                callback(i + 1, len(sched.timesteps))
         return x
 
-    def _predict(self, x, t, h, guidance_scale):
+    def _predict(self, x, t, h, guidance_scale, learned_variance: bool):
         """Model output in float32; classifier-free guidance as uncond + g (cond - uncond) (Ho & Salimans 2022).
         A learned variance (channels 3-5 of an ADM) goes to the samplers that read it, from the conditional
         half; the others get the mean prediction alone."""
@@ -254,7 +300,13 @@ class RCDMPipeline(DiffusionPipeline):
             cond, uncond = both.float().chunk(2)
             c = x.shape[1]  # guidance moves the mean prediction; the variance stays the conditional one
             out = torch.cat([uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c]), cond[:, c:]], 1)
-        return out if uses_learned_variance(self.scheduler) else out[:, : x.shape[1]]
+        return out if learned_variance else out[:, : x.shape[1]]
+
+
+def _checked_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, output_type):
@@ -318,11 +370,13 @@ def read_meta(name_or_path=None, revision: str | None = None, cache_dir=None, to
     meta = json.loads((path / PIPELINE_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
+    if "scheduler" in meta:  # written before one sampling vocabulary: the sampler apart from "sampling"
+        meta["sampling"] = {"scheduler": meta.pop("scheduler"), **meta.get("sampling", {})}
     return meta
 
 
 def recorded_sampling(name_or_path=None) -> dict:
-    """A model's sampling defaults (steps, guidance) without loading its weights, e.g. for UI widgets."""
+    """A model's sampling defaults (scheduler, steps, guidance) without loading its weights, e.g. for UI widgets."""
     path = resolve_model_path(name_or_path, allow_patterns=[PIPELINE_FILE])
     return _checked_sampling(read_meta(path).get("sampling", {}), path)
 
@@ -335,6 +389,8 @@ def _checked_sampling(recorded: dict, where) -> dict:
     merged = {**DEFAULT_SAMPLING, **recorded}
     try:
         _check_sampling_args(1, merged["num_inference_steps"], merged["guidance_scale"], "pil")
+        if merged["scheduler"] not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {merged['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}")
     except ValueError as e:
         raise ValueError(f"{where}: bad sampling defaults in {PIPELINE_FILE}: {e}") from None
     return merged

@@ -1,65 +1,107 @@
 """Seeded, batched sampling from an RCDM: one `Sampling` spec, per-sample generators, and the sampling loop.
 
-Every command that samples (`rcdm sample`, `evaluate`, `analyze`, the app) goes through here, so a seed means the
-same thing everywhere: sample k of input key i starts from noise drawn by its own CPU generator, seeded from
-(seed, i, k). The noise of a sample therefore does not depend on the batch size, on how many inputs there are or
-on the device; what remains is float round-off in batched convolutions (about 1e-6 in pixel values on a CPU).
+Every way of sampling (`pipe(..., seed=s)`, `rcdm sample`, `evaluate`, `analyze`, the app) seeds the same way:
+sample k of input key i starts from noise drawn by its own CPU generator, seeded from (seed, i, k). The noise of a
+sample therefore does not depend on the batch size, on how many inputs there are or on the device; what remains is
+float round-off in batched convolutions (about 1e-6 in pixel values on a CPU).
 
-    run = Sampling(samples_per_image=4, seed=0).resolve(pipe)    # None fields -> the model's recorded choice
+The names are the diffusers pipeline call's (`num_samples`, `num_inference_steps`, `guidance_scale`, `scheduler`,
+`seed`), in `Sampling`, in the flags (`--num-inference-steps`) and in rcdm_pipeline.json alike.
+
+    run = Sampling(num_samples=4, seed=0).resolve(pipe)        # None fields -> the model's recorded choice
     x = sample(pipe, h, keys=range(len(h)), run=run)            # (N*4, 3, R, R) in [0, 1], input-major
 """
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager, nullcontext
+import functools
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .choices import DEFAULT_SAMPLING  # what a call that names nothing uses (the measurement is noted there)
+from .choices import DEFAULT_SAMPLING  # noqa: F401 - re-exported: rcdm.train reads it here (defined in choices)
+from .choices import RENAMED, warn_renamed
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
+PRIOR_KEY = 2**31 - 1  # noise key of a prior's draw of embeddings, apart from the input keys 0, 1, ...
 
+
+class Sampler(Protocol):
+    """What `sample` draws from: an `RCDMPipeline`, or any object with its sampling call and these two attributes.
+    The analyses' tests plug in exact oracles this way (samples that are the conditioning image, or grey whatever
+    it is); the app plugs in a recorder that keeps the samples an analysis drew."""
+
+    sampling_defaults: dict    # scheduler, num_inference_steps, guidance_scale: what a None field of Sampling becomes
+    dtype: torch.dtype         # the denoiser's precision (recorded in Sampling.dtype)
+
+    def __call__(self, *, embeddings: torch.Tensor, num_samples: int, num_inference_steps: int,
+                 guidance_scale: float, scheduler: str, generator: list[torch.Generator], output_type: str,
+                 callback: Callable[[int, int], None]):
+        """An output whose `.images` are (N*num_samples, 3, R, R) in [0, 1] (output_type "pt"), input-major, sample
+        j drawn from generator[j]; `callback(step, num_steps)` after every step."""
+
+
+def _old_names(cls):
+    """Accept the old spellings (rcdm.choices.RENAMED) as keywords and attributes, with a FutureWarning once."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for old in sorted(RENAMED.keys() & kwargs.keys()):
+            warn_renamed(f"Sampling({old}=)", f"{RENAMED[old]}=")
+            kwargs[RENAMED[old]] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    def alias(old, new):
+        def get(self):
+            warn_renamed(f"Sampling.{old}", new)
+            return getattr(self, new)
+        return property(get)
+
+    cls.__init__ = __init__
+    for old, new in RENAMED.items():
+        setattr(cls, old, alias(old, new))
+    return cls
+
+
+@_old_names
 @dataclass(frozen=True)
 class Sampling:
-    """How samples are drawn. Fields left None take the model's recorded choice (`resolve`)."""
+    """How samples are drawn, in the pipeline call's names. Fields left None take the model's recorded choice
+    (`resolve`)."""
 
-    samples_per_image: int = 1        # K samples per input
-    steps: int | None = None          # sampler steps
-    scheduler: str | None = None      # sampler name (rcdm.schedulers.SCHEDULERS)
-    guidance: float | None = None     # classifier-free guidance scale; 1 = conditional only
-    seed: int = 0                     # base seed of the per-sample generators
-    batch_size: int = 64              # samples per pipeline call (memory only; results do not depend on it)
-    dtype: str | None = None          # denoiser precision, recorded from the pipeline by `resolve`
+    num_samples: int = 1                    # K samples per input
+    num_inference_steps: int | None = None  # sampler steps
+    scheduler: str | None = None            # sampler name (rcdm.schedulers.SCHEDULERS)
+    guidance_scale: float | None = None     # classifier-free guidance scale; 1 = conditional only
+    seed: int = 0                           # base seed of the per-sample generators
+    batch_size: int = 64                    # samples per pipeline call (memory only; results do not depend on it)
+    dtype: str | None = None                # denoiser precision, recorded from the pipeline by `resolve`
 
     def __post_init__(self):
-        for name in ("samples_per_image", "steps", "batch_size"):
+        for name in ("num_samples", "num_inference_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.guidance is not None and not (np.isfinite(self.guidance) and self.guidance >= 0):
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        g = self.guidance_scale
+        if g is not None and not (np.isfinite(g) and g >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {g!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:  # fail before any image is encoded
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
 
-    def resolve(self, pipe) -> "Sampling":
-        """Every None field filled from the pipeline: its recorded sampler, steps and guidance, and its dtype.
-        Objects without recorded defaults (the analyses' test oracles) get DEFAULT_SAMPLING."""
-        recorded = {**DEFAULT_SAMPLING, **getattr(pipe, "sampling_defaults", {})}
-        current = getattr(pipe, "scheduler", None)  # a pipeline's scheduler is its model's recorded sampler
-        unet = getattr(pipe, "unet", None)
-        return dataclasses.replace(
-            self,
-            steps=self.steps if self.steps is not None else recorded["num_inference_steps"],
-            guidance=self.guidance if self.guidance is not None else recorded["guidance_scale"],
-            scheduler=self.scheduler or (scheduler_name(current) if current is not None else recorded["scheduler"]),
-            dtype=self.dtype or (str(unet.dtype).removeprefix("torch.") if unet is not None else "float32"))
+    def resolve(self, pipe: Sampler) -> "Sampling":
+        """Every None field filled from the pipeline: its recorded sampler, steps and guidance, and its dtype."""
+        recorded = {k: v for k, v in pipe.sampling_defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **recorded, dtype=self.dtype or str(pipe.dtype).removeprefix("torch."))
 
     def describe(self) -> str:
-        return f"{self.scheduler}, {self.steps} steps, guidance {self.guidance:g}"
+        return f"{self.scheduler}, {self.num_inference_steps} steps, guidance {self.guidance_scale:g}"
 
 
 def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -74,10 +116,16 @@ def sample_generators(seed: int, keys, k: int) -> list[torch.Generator]:
     return [seeded_generator(seed, key, j) for key in keys for j in range(k)]
 
 
+def prior_generator(seed: int) -> torch.Generator:
+    """The generator of a prior's draw of embeddings for base seed `seed` (pipe, `rcdm sample`, the app)."""
+    return seeded_generator(seed, PRIOR_KEY)
+
+
 @contextmanager
 def sampling_context(pipe, run: Sampling):
-    """Swap in the run's sampler and silence the per-step bar, restoring both afterwards. Yields a dict whose
-    "rows" counts the samples passed through the UNet (NFE x samples; a guided step counts 2)."""
+    """For callers that call an `RCDMPipeline` themselves: swap in the run's sampler and silence the per-step bar,
+    restoring both afterwards. Yields a dict whose "rows" counts the samples passed through the UNet (NFE x samples;
+    a guided step counts 2). `sample` needs none of this: it names the run's sampler in every call."""
     old_scheduler, old_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
     count = {"rows": 0}
 
@@ -96,32 +144,31 @@ def sampling_context(pipe, run: Sampling):
         pipe.set_progress_bar_config(**old_bar)
 
 
-def sample_batches(pipe, h: torch.Tensor, keys, run: Sampling, callback=None):
+def sample_batches(pipe: Sampler, h: torch.Tensor, keys, run: Sampling, callback=None):
     """Yield (first input position, samples (b*K, 3, R, R) in [0, 1]); every batch holds whole groups of K.
-    `run` must be resolved; the sampler it names must already be in place (`sampling_context`).
-    `callback(step, total)` sees the steps of all batches as one count (for progress bars in UIs)."""
-    per = max(1, run.batch_size // run.samples_per_image)
+    `run` must be resolved. `callback(step, total)` sees the steps of all batches as one count (for progress bars
+    in UIs)."""
+    per = max(1, run.batch_size // run.num_samples)
     starts = range(0, len(h), per)
     for n, a in enumerate(starts):
-        gens = sample_generators(run.seed, keys[a : a + per], run.samples_per_image)
-        step_cb = None if callback is None else \
-            (lambda i, total, n=n: callback(n * total + i, len(starts) * total))
-        kwargs = {} if step_cb is None else {"callback": step_cb}  # test oracles take no callback
-        out = pipe(embeddings=h[a : a + per], num_samples=run.samples_per_image, num_inference_steps=run.steps,
-                   guidance_scale=run.guidance, generator=gens, output_type="pt", **kwargs)
+        def step(i, total, n=n):
+            if callback is not None:
+                callback(n * total + i, len(starts) * total)
+
+        out = pipe(embeddings=h[a : a + per], num_samples=run.num_samples, num_inference_steps=run.num_inference_steps,
+                   guidance_scale=run.guidance_scale, scheduler=run.scheduler,
+                   generator=sample_generators(run.seed, keys[a : a + per], run.num_samples), output_type="pt",
+                   callback=step)
         yield a, out.images
 
 
-def sample(pipe, h: torch.Tensor, keys=None, run: Sampling | None = None, callback=None) -> torch.Tensor:
-    """K = run.samples_per_image samples per row of h (N, D): (N*K, 3, R, R) in [0, 1] on the CPU, input-major.
+def sample(pipe: Sampler, h: torch.Tensor, keys=None, run: Sampling | None = None, callback=None) -> torch.Tensor:
+    """K = run.num_samples samples per row of h (N, D): (N*K, 3, R, R) in [0, 1] on the CPU, input-major.
 
-    Keys default to the row positions; rows with equal keys get equal noise, which is how an analysis compares
-    conditions with only h differing. `pipe` may be any object with the pipeline's sampling call (the analyses'
-    tests plug in exact oracles)."""
+    Keys default to the row positions, which is what `pipe(embeddings=h, num_samples=K, seed=run.seed)` draws;
+    rows with equal keys get equal noise, which is how an analysis compares conditions with only h differing."""
     keys = list(range(len(h))) if keys is None else [int(k) for k in keys]
     if len(keys) != len(h):
         raise ValueError(f"{len(h)} embeddings but {len(keys)} noise keys")
     run = (run or Sampling()).resolve(pipe)
-    ctx = sampling_context(pipe, run) if hasattr(pipe, "unet") else nullcontext()  # oracles have no UNet
-    with ctx:
-        return torch.cat([x.cpu() for _, x in sample_batches(pipe, h.cpu(), keys, run, callback)])
+    return torch.cat([x.cpu() for _, x in sample_batches(pipe, h.cpu(), keys, run, callback)])

@@ -9,6 +9,7 @@ import torch.nn as nn
 from PIL import Image
 
 from rcdm import analysis as A
+from rcdm.choices import DEFAULT_SAMPLING
 from rcdm.cli import build_parser, main
 from rcdm.encoders import EncoderNet, FrozenEncoder, Preprocess
 from rcdm.evaluate import Sampling
@@ -16,14 +17,17 @@ from rcdm.pipeline import RCDMPipeline
 
 from conftest import make_tiny_pipeline
 
-FAST = Sampling(samples_per_image=2, steps=2, scheduler="ddim", seed=0)
+FAST = Sampling(num_samples=2, num_inference_steps=2, scheduler="ddim", seed=0)
 
 
 class OraclePipe:
-    """Pipeline-like. Its encoder flattens the 32 px image (an invertible embedding), and its samples decode the
-    embedding back to that image (identity) or are mid-grey whatever the embedding (constant)."""
+    """An `rcdm.sampling.Sampler` with an encoder, as the analyses take one. Its encoder flattens the 32 px image (an
+    invertible embedding), and its samples decode the embedding back to that image (identity) or are mid-grey
+    whatever the embedding (constant)."""
 
     resolution = 32
+    sampling_defaults = DEFAULT_SAMPLING
+    dtype = torch.float32
 
     def __init__(self, constant: bool = False):
         net = EncoderNet(nn.Flatten())
@@ -76,7 +80,7 @@ def check_outputs(result, tmp_path, min_size=(200, 150)):
 # ------------------------------------------------------------------------------------------------ invariance
 def test_invariance_identity_oracle_scores_one_and_constant_zero(images, tmp_path):
     res = A.invariance({"identity": OraclePipe(), "constant": OraclePipe(constant=True)}, images[:6],
-                       run=Sampling(samples_per_image=2, steps=1, scheduler=None))
+                       run=Sampling(num_samples=2, num_inference_steps=1, scheduler=None))
     ident, const = res.numbers["models"]["identity"]["scores"], res.numbers["models"]["constant"]["scores"]
     assert set(ident) == set(A.AUGMENTATIONS) == {"flip", "crop", "hue", "grayscale", "rotation", "blur"}
     for aug in A.AUGMENTATIONS:
@@ -203,7 +207,7 @@ def test_memorization_end_to_end(pipe, cifar_test_images, tmp_path):
 
 # ------------------------------------------------------------------------------------------ spread, compare, layers
 def test_spread_is_zero_for_the_identity_oracle_and_positive_for_a_model(pipe, images, tmp_path):
-    oracle = A.spread(OraclePipe(), images[:2], run=Sampling(samples_per_image=3, steps=1, scheduler=None))
+    oracle = A.spread(OraclePipe(), images[:2], run=Sampling(num_samples=3, num_inference_steps=1, scheduler=None))
     assert oracle.numbers["mean_pixel_std"] == 0 and oracle.numbers["diversity"]["pixel_rms"] == pytest.approx(0)
     res = A.spread(pipe, images[:2], run=FAST)
     assert res.numbers["mean_pixel_std"] > 0.01 and res.numbers["diversity"]["pixel_rms"] > 0
@@ -212,7 +216,7 @@ def test_spread_is_zero_for_the_identity_oracle_and_positive_for_a_model(pipe, i
 
 def test_compare_and_layers_share_noise_and_report_rank_and_diversity(pipe, proj_dir, images, tmp_path):
     oracles = A.compare({"identity": OraclePipe(), "constant": OraclePipe(constant=True)}, images[:4],
-                        run=Sampling(samples_per_image=2, steps=1))
+                        run=Sampling(num_samples=2, num_inference_steps=1))
     exact, blind = oracles.numbers["models"]["identity"], oracles.numbers["models"]["constant"]
     assert exact["rank"]["mean"] == 1.0 and exact["rank"]["top1_pct"] == 100.0 and exact["diversity"]["pixel_rms"] == 0
     assert blind["rank"]["mean"] > 1.5  # every sample the same grey: ranks are ties, not the source first
@@ -221,7 +225,8 @@ def test_compare_and_layers_share_noise_and_report_rank_and_diversity(pipe, proj
     for name in pipes:
         m = res.numbers["models"][name]
         assert m["rank"]["num_references"] == 3 and m["diversity"]["pixel_rms"] > 0
-        assert res.numbers["sampling"][name]["scheduler"] == "ddim" and res.numbers["sampling"][name]["steps"] == 2
+        recorded = res.numbers["sampling"][name]
+        assert recorded["scheduler"] == "ddim" and recorded["num_inference_steps"] == 2
     check_outputs(res, tmp_path)
     lay = A.layers(pipes, images[:3], run=FAST)
     assert [r["layer"] for r in lay.numbers["table"]] == ["backbone", "projector"] and lay.numbers["same_encoder"]
@@ -242,7 +247,7 @@ def test_every_analyze_kind_documents_every_flag():
 
 
 def test_cli_spread_compare_adversarial_write_png_and_json(tiny_pipeline_dir, proj_dir, pngs, cifar_npz, tmp_path):
-    common = ["--num-samples", "2", "--steps", "2"]
+    common = ["--num-samples", "2", "--num-inference-steps", "2"]
     out = tmp_path / "spread.png"
     assert main(["analyze", "spread", "--model", str(tiny_pipeline_dir), "--image", *pngs[:2], *common,
                  "--out", str(out)]) == 0

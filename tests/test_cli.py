@@ -38,11 +38,38 @@ def test_sample_writes_grid(tiny_pipeline_dir, cifar_test_images, tmp_path):
         im.save(paths[-1])
     out = tmp_path / "grid.png"
     code = main(["sample", "--image", *paths, "--model", str(tiny_pipeline_dir), "--num-samples", "3",
-                 "--steps", "2", "--seed", "1", "--upscale", "1", "--out", str(out)])
+                 "--num-inference-steps", "2", "--seed", "1", "--upscale", "1", "--out", str(out)])
     assert code == 0
     grid = Image.open(out)
     # 2 rows x (input + 3 samples) tiles of 32 px with 2 px padding
     assert grid.size == (4 * 34 + 2, 2 * 34 + 2)
+
+
+def test_python_api_sample_and_the_cli_draw_the_same_images(tiny_pipeline_dir, cifar_test_images, tmp_path):
+    """One seeding scheme: pipe(images, num_samples=K, seed=s) = rcdm.sampling.sample with seed s = the cells of
+    `rcdm sample --seed s`'s grid (the app draws through rcdm.sampling.sample too: tests/test_app.py)."""
+    import numpy as np
+    import torch
+
+    from rcdm import RCDMPipeline, Sampling, sample
+    from rcdm.images import to_uint8
+
+    imgs, k, seed = cifar_test_images[0][:2], 3, 7
+    paths = [str(tmp_path / f"in{i}.png") for i in range(len(imgs))]
+    for im, p in zip(imgs, paths):
+        im.save(p)
+    pipe = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
+    api = pipe(images=[Image.open(p) for p in paths], num_samples=k, num_inference_steps=2, seed=seed,
+               output_type="pt").images  # (2*K, 3, 32, 32)
+    run = Sampling(num_samples=k, num_inference_steps=2, seed=seed, batch_size=2)  # one input per call
+    torch.testing.assert_close(sample(pipe, pipe.encode([Image.open(p) for p in paths]), run=run), api,
+                               atol=1e-5, rtol=0)
+    assert main(["sample", "--image", *paths, "--model", str(tiny_pipeline_dir), "--num-samples", str(k),
+                 "--num-inference-steps", "2", "--seed", str(seed), "--upscale", "1", "--out",
+                 str(tmp_path / "g.png")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "g.png"))  # tiles of 32 px, 2 px apart; column 0 is the input
+    cells = [grid[2 + i * 34:34 + i * 34, 2 + (j + 1) * 34:34 + (j + 1) * 34] for i in range(2) for j in range(k)]
+    assert np.array_equal(np.stack(cells), to_uint8(api).permute(0, 2, 3, 1).numpy())
 
 
 def test_sample_bad_image_is_one_clear_line(tiny_pipeline_dir, tmp_path, capsys):

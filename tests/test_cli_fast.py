@@ -138,3 +138,27 @@ def test_analyze_writable_out_passes_the_check(tmp_path):
     assert {"png", "jpg", "pdf"} <= set(figure_formats())
     for out in ("fig.png", "fig.PDF", "fig.jpg"):
         check_outputs(argparse.Namespace(out=str(tmp_path / out), json=None, kind="spread"))
+
+
+def test_sampling_flags_have_the_pipeline_names_and_old_spellings_warn_once(monkeypatch):
+    """--num-samples, --num-inference-steps, --guidance-scale are the pipeline call's names; --samples-per-image,
+    --steps and --guidance still parse into them, hidden from --help, with one FutureWarning each."""
+    import warnings
+
+    from rcdm import choices
+
+    monkeypatch.setattr(choices, "_warned", set())
+    parser = build_parser()
+    new = parser.parse_args(["evaluate", "--data", "d", "--num-samples", "3", "--num-inference-steps", "5",
+                             "--guidance-scale", "2"])
+    with pytest.warns(FutureWarning) as caught:
+        old = parser.parse_args(["evaluate", "--data", "d", "--samples-per-image", "3", "--steps", "5",
+                                 "--guidance", "2"])
+    assert len(caught) == 3 and {"--steps", "--guidance", "--samples-per-image"} == {
+        str(w.message).split()[0] for w in caught}
+    assert vars(old) == vars(new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        parser.parse_args(["sample", "--image", "x", "--steps", "2"])
+    sample = next(a for a in parser._actions if a.dest == "command").choices["sample"]
+    assert "--num-inference-steps" in sample.format_help() and "--steps " not in sample.format_help()

@@ -100,7 +100,7 @@ def test_hf_hub_cache_default_and_the_cli_take_hub_ids(hub_cache, tmp_path, monk
     img = tmp_path / "in.png"
     cifar_test_images[0][0].save(img)
     out = tmp_path / "grid.png"
-    assert cli_main(["sample", "--model", REPO, "--image", str(img), "--num-samples", "2", "--steps", "2",
+    assert cli_main(["sample", "--model", REPO, "--image", str(img), "--num-samples", "2", "--num-inference-steps", "2",
                      "--device", "cpu", "--out", str(out)]) == 0
     assert out.is_file()
 

@@ -1,4 +1,4 @@
-"""RCDMPipeline: shapes, determinism, save/load, guidance, schedulers, bad input."""
+"""RCDMPipeline: shapes, determinism, seeding, save/load, guidance, schedulers, bad input."""
 import io
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rcdm import RCDMPipeline, load_encoder
+from rcdm import RCDMPipeline, Sampling, load_encoder, sample
 from rcdm.data import ImageError, open_image
 from rcdm.schedulers import SCHEDULERS, make_scheduler, scheduler_name, training_scheduler
 
@@ -38,6 +38,54 @@ def test_same_seed_same_samples_other_seed_differs(pipe, cifar_test_images):
     c = pipe(generator=_gen(2), **kw).images
     assert torch.equal(a, b)
     assert (a - c).abs().mean() > 1e-3
+
+
+def test_seed_draws_sample_k_of_input_i_from_seed_i_k(pipe, cifar_test_images):
+    """pipe(seed=s) is rcdm.sampling.sample with seed s, and a sample does not depend on the batch it is drawn in."""
+    imgs = cifar_test_images[0][:3]
+    kw = dict(num_samples=2, num_inference_steps=3, output_type="pt")
+    out = pipe(images=imgs, seed=5, **kw)
+    assert out.seed == 5
+    run = Sampling(num_samples=2, num_inference_steps=3, seed=5)
+    assert torch.equal(out.images, sample(pipe, pipe.encode(imgs), run=run))
+    alone = pipe(images=imgs[1:2], seed=5, **kw).images  # input 1 alone is input 0 of its call: other noise
+    assert (alone - out.images[2:4]).abs().mean() > 1e-3
+    keyed = sample(pipe, pipe.encode(imgs[1:2]), keys=[1], run=run)  # ... unless it keeps its key
+    torch.testing.assert_close(keyed, out.images[2:4], atol=1e-5, rtol=0)
+
+
+def test_no_seed_draws_one_and_returns_it(pipe):
+    h = torch.randn(2, pipe.encoder.dim)
+    kw = dict(embeddings=h, num_samples=2, num_inference_steps=2, output_type="pt")
+    torch.manual_seed(0)
+    first = pipe(**kw)
+    assert isinstance(first.seed, int) and torch.equal(pipe(seed=first.seed, **kw).images, first.images)
+    assert pipe(generator=_gen(), **kw).seed is None  # diffusers' generator: the caller owns the noise
+
+
+def test_scheduler_per_call_leaves_the_pipeline_as_it_was(pipe, tiny_pipeline_dir):
+    kw = dict(embeddings=torch.ones(2, pipe.encoder.dim), num_inference_steps=3, seed=1, output_type="pt")
+    before = pipe.scheduler
+    got = pipe(scheduler="ddpm", **kw).images
+    assert pipe.scheduler is before
+    want = RCDMPipeline.from_pretrained(tiny_pipeline_dir, scheduler="ddpm")(**kw).images
+    assert torch.equal(got, want) and not torch.equal(got, pipe(**kw).images)
+
+
+def test_old_sampling_names_still_work_and_warn_once(monkeypatch):
+    from rcdm import choices
+
+    monkeypatch.setattr(choices, "_warned", set())
+    with pytest.warns(FutureWarning, match="num_inference_steps"):
+        old = Sampling(samples_per_image=2, steps=3, guidance=2.0)
+    assert old == Sampling(num_samples=2, num_inference_steps=3, guidance_scale=2.0)
+    with pytest.warns(FutureWarning, match="Sampling.steps"):
+        assert old.steps == 3
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second use is silent
+        assert Sampling(steps=4).num_inference_steps == 4 and old.steps == 3
 
 
 def test_save_load_roundtrip_identical(pipe, tmp_path, cifar_test_images):
@@ -105,13 +153,9 @@ def test_guidance_zero_ignores_the_embedding(pipe):
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_every_scheduler_runs_and_stays_in_range(pipe, name):
     """Before the final clamp: an untrained model predicts x0 far outside [-1, 1]; clipping must hold it."""
-    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-    try:
-        h = torch.randn(4, pipe.encoder.dim) * 5
-        x = pipe._sample(h, 5, 2.0, _gen(), None)
-        assert torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-4, (name, x.abs().max())
-    finally:
-        pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+    h = torch.randn(4, pipe.encoder.dim) * 5
+    x = pipe._sample(h, pipe._scheduler_for(name), 5, 2.0, _gen(), None)
+    assert torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-4, (name, x.abs().max())
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
@@ -119,7 +163,7 @@ def test_every_sampler_is_recorded_and_reloaded_under_its_own_name(tiny_pipeline
     """Three samplers share DPMSolverMultistepScheduler; the saved name must still be the one that was chosen."""
     p = RCDMPipeline.from_pretrained(tiny_pipeline_dir, scheduler=name)
     p.save_pretrained(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())["scheduler"] == name
+    assert json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())["sampling"]["scheduler"] == name
     assert scheduler_name(RCDMPipeline.from_pretrained(tmp_path / "m").scheduler) == name
 
 
@@ -153,7 +197,8 @@ def test_batched_sampling_is_one_unet_call_per_step(pipe, monkeypatch):
 
 
 def _old_layout(tiny_pipeline_dir, root):
-    """A model as saved before issue 33: no model_index.json, its encoder beside it as `file:../encoder`."""
+    """A model as saved before issue 33: no model_index.json, its encoder beside it as `file:../encoder`, and (before
+    issue 34) its sampler apart from "sampling"."""
     import shutil
 
     shutil.copytree(tiny_pipeline_dir, root / "model")
@@ -162,7 +207,9 @@ def _old_layout(tiny_pipeline_dir, root):
     assert meta["encoder"]["spec"] == "file:encoder"  # today's layout: the encoder travels inside
     shutil.move(root / "model" / "encoder", root / "encoder")
     (root / "model" / "model_index.json").unlink()
-    meta_path.write_text(json.dumps({**meta, "encoder": {**meta["encoder"], "spec": "file:../encoder"}}))
+    sampling = dict(meta.pop("sampling"))
+    meta_path.write_text(json.dumps({**meta, "encoder": {**meta["encoder"], "spec": "file:../encoder"},
+                                     "scheduler": sampling.pop("scheduler"), "sampling": sampling}))
     return root / "model"
 
 
@@ -170,6 +217,7 @@ def test_an_old_directory_still_loads(tiny_pipeline_dir, tmp_path, monkeypatch):
     old = _old_layout(tiny_pipeline_dir, tmp_path / "a")
     monkeypatch.chdir(tmp_path)  # the working directory is neither the model's nor the encoder's parent
     again = RCDMPipeline.from_pretrained(old)  # checks the encoder's fingerprint too
+    assert again.sampling_defaults == RCDMPipeline.from_pretrained(tiny_pipeline_dir).sampling_defaults
     kw = dict(embeddings=torch.ones(1, again.encoder.dim), num_samples=2, num_inference_steps=2, output_type="pt")
     assert torch.equal(again(generator=_gen(), **kw).images,
                        RCDMPipeline.from_pretrained(tiny_pipeline_dir)(generator=_gen(), **kw).images)
@@ -228,10 +276,12 @@ def test_recorded_sampling_defaults_travel_with_the_model(tiny_pipeline_dir, tmp
     from rcdm.pipeline import recorded_sampling
 
     p = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
-    p.sampling_defaults = {"num_inference_steps": 3, "guidance_scale": 2.0}
+    p.sampling_defaults = {"num_inference_steps": 3, "guidance_scale": 2.0, "scheduler": "unipc"}
     p.save_pretrained(tmp_path / "m")
     q = RCDMPipeline.from_pretrained(tmp_path / "m")
-    assert recorded_sampling(tmp_path / "m") == q.sampling_defaults == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    want = {"scheduler": "unipc", "num_inference_steps": 3, "guidance_scale": 2.0}
+    assert recorded_sampling(tmp_path / "m") == q.sampling_defaults == want
+    assert json.loads((tmp_path / "m" / "rcdm_pipeline.json").read_text())["sampling"] == want  # one object
     calls = []
     orig = q.unet.forward
     monkeypatch.setattr(q.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or orig(x, *a, **k))
@@ -259,7 +309,8 @@ def test_bad_recorded_sampling_defaults_are_refused_at_load(tiny_pipeline_dir, t
     shutil.copytree(tiny_pipeline_dir, tmp_path / "m")
     meta_path = tmp_path / "m" / "rcdm_pipeline.json"
     meta = json.loads(meta_path.read_text())
-    for bad, match in (({"num_inference_steps": 0}, "num_inference_steps"), ({"eta": 1.0}, "unknown")):
+    for bad, match in (({"num_inference_steps": 0}, "num_inference_steps"), ({"eta": 1.0}, "unknown"),
+                       ({"scheduler": "euler"}, "unknown scheduler")):
         meta_path.write_text(json.dumps({**meta, "sampling": bad}))
         with pytest.raises(ValueError, match=match):
             RCDMPipeline.from_pretrained(tmp_path / "m")
@@ -278,6 +329,9 @@ def test_wrong_embedding_dim_names_sizes(pipe):
     ({"embeddings": torch.randn(1, 64), "num_inference_steps": 0}, "num_inference_steps"),
     ({"embeddings": torch.randn(1, 64), "guidance_scale": float("nan")}, "guidance_scale"),
     ({"embeddings": torch.full((1, 64), float("nan"))}, "NaN"),
+    ({"embeddings": torch.randn(1, 64), "seed": -1}, "seed"),
+    ({"embeddings": torch.randn(1, 64), "seed": 0, "generator": torch.Generator()}, "not both"),
+    ({"embeddings": torch.randn(1, 64), "scheduler": "euler"}, "unknown scheduler"),
 ])
 def test_bad_arguments(pipe, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -164,7 +164,7 @@ def test_cli_writes_the_report(tiny_pipeline_dir, tmp_path, cifar_npz):
     out = tmp_path / "cli"
     rc = main(["report", "--model", f"tiny={tiny_pipeline_dir}", "--data", f"{cifar_npz}:test", "--out", str(out),
                "--num-images", "4", "--invariance-images", "2", "--memorization-images", "2", "--bank-size", "40",
-               "--steps", "1", "--dtype", "float32", "--quiet", "--augmentations", "flip", "blur"])
+               "--num-inference-steps", "1", "--dtype", "float32", "--quiet", "--augmentations", "flip", "blur"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["command"].startswith("rcdm report --model tiny=") and "--num-images 4" in report["command"]

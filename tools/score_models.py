@@ -111,7 +111,7 @@ def main(argv=None) -> list[dict]:
         for set_name, offset, n, seeds in sets:
             for seed in seeds:
                 t0 = time.time()
-                m = evaluate(pipe, args.data, n, Sampling(seed=seed, batch_size=args.batch_size, steps=args.steps), progress=False,
+                m = evaluate(pipe, args.data, n, Sampling(seed=seed, batch_size=args.batch_size, num_inference_steps=args.steps), progress=False,
                              offset=offset, classifier=judge)
                 rows.append(row(label, set_name, seed, m))
                 with open(args.out, "a") as f:

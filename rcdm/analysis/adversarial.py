@@ -48,7 +48,7 @@ def adversarial(pipe, source, target, eps: float = 8 / 255, steps: int = 10, ste
     h_ref = torch.cat([h, embed(enc, encoder_view(references, enc))]) if references is not None else h  # (N, D)
     cond = torch.cat([h[:1], h_adv, h[1:]])  # (3, D): source, adversarial, target
     samples = sample(pipe, cond, [0, 0, 0], run)  # (3*K, 3, R, R), the same noise for all three
-    h_hat = embed(enc, samples).view(3, run.samples_per_image, -1)  # (3, K, D)
+    h_hat = embed(enc, samples).view(3, run.num_samples, -1)  # (3, K, D)
     names = ("source", "adversarial", "target")
     numbers = {"sampling": run_record(run, pipe), "eps": eps, "steps": steps, "step_size": step_size,
                "linf": (x_adv - x[:1]).abs().max().item(), "cos_to_target_before": cosine(h[0], h[1]).item(),
@@ -56,7 +56,7 @@ def adversarial(pipe, source, target, eps: float = 8 / 255, steps: int = 10, ste
                "num_references": len(h_ref),
                "samples": {c: _ranks(h_ref, h_hat[i]) for i, c in enumerate(names)}}
     imgs = to_pil(at_resolution(torch.cat([x[:1], x_adv, x[1:]]), pipe.resolution))
-    rows = [[im] + s for im, s in zip(imgs, chunks(to_pil(samples), run.samples_per_image))]
+    rows = [[im] + s for im, s in zip(imgs, chunks(to_pil(samples), run.num_samples))]
     labels = [f"{c}\nrank src {numbers['samples'][c]['rank_of_source']:.2f}, "
               f"tgt {numbers['samples'][c]['rank_of_target']:.2f}" for c in names]
     title = (f"PGD eps {eps * 255:.1f}/255, {steps} steps: cos(f(x), f(target)) {numbers['cos_to_target_before']:.3f}"

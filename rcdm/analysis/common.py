@@ -1,9 +1,8 @@
 """What every analysis shares: images in the encoder's view, seeded sampling, embedding banks, results, figures.
 
-A `pipe` here is an `RCDMPipeline`, or any object with the same sampling call
-`pipe(embeddings=h, num_samples=K, num_inference_steps=..., guidance_scale=..., generator=[...], output_type="pt")`,
-an `.encoder` (a `FrozenEncoder`) and a `.resolution`. That is what lets the tests plug in oracles whose "samples"
-are known exactly.
+A `pipe` here is an `RCDMPipeline`, or any `rcdm.sampling.Sampler` (the pipeline's sampling call, its
+`sampling_defaults` and `dtype`) with an `.encoder` (a `FrozenEncoder`) and a `.resolution`. That is the interface
+through which the tests plug in oracles whose "samples" are known exactly.
 """
 from __future__ import annotations
 
@@ -95,9 +94,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def default_run(run: Sampling | None, samples_per_image: int) -> Sampling:
+def default_run(run: Sampling | None, num_samples: int) -> Sampling:
     """The analysis' own sample count when no run is given; every other field: the model's recorded choice."""
-    return run if run is not None else Sampling(samples_per_image=samples_per_image)
+    return run if run is not None else Sampling(num_samples=num_samples)
 
 
 def run_record(run: Sampling, pipes) -> dict:

@@ -41,7 +41,7 @@ def interpolate(pipe, image_a, image_b, num_points: int = 8, modes=MODES, run=No
     if num_points < 2:
         raise ValueError(f"num_points must be >= 2 (the two endpoints), got {num_points}")
     run = default_run(run, 1)
-    k = run.samples_per_image
+    k = run.num_samples
     x = encoder_view([image_a, image_b], pipe.encoder)  # (2, 3, C, C)
     h = embed(pipe.encoder, x)  # (2, D)
     numbers = {"sampling": run_record(run, pipe), "t": torch.linspace(0, 1, num_points).tolist(),

@@ -156,7 +156,7 @@ def invariance(pipes, images, augmentations=AUGMENTATIONS, params: AugmentParams
 
 def _one_model(pipe, images, augmentations, params, run):
     """Scores of one model, plus the first image's row of examples (t x, one sample from f(t x)) for the figure."""
-    enc, k, r = pipe.encoder, run.samples_per_image, pipe.resolution
+    enc, k, r = pipe.encoder, run.num_samples, pipe.resolution
     x = encoder_view(images, enc)  # (N, 3, C, C)
     n = len(x)
     tx = [augment(a, x, params) for a in augmentations]

@@ -43,7 +43,7 @@ def manipulate(pipe, source, target, bank, k: int = 10, eps: float = 1e-6, min_f
     mask = common_dims(feats[idx], eps, min_frac)  # (D,)
     cond = torch.stack([h[0], edit_embedding(h[0], mask), edit_embedding(h[0], mask, h[1])])  # (3, D)
     samples = sample(pipe, cond, [0, 0, 0], run)  # (3*K, 3, R, R), the same noise for all three
-    h_hat = embed(pipe.encoder, samples).view(3, run.samples_per_image, -1)  # (3, K, D)
+    h_hat = embed(pipe.encoder, samples).view(3, run.num_samples, -1)  # (3, K, D)
     numbers = {"sampling": run_record(run, pipe), "k": k, "eps": eps, "min_frac": min_frac, "neighbours": idx.tolist(),
                "dim": int(mask.numel()), "num_common": int(mask.sum()), "common_dims": mask.nonzero()[:, 0].tolist(),
                "source_nonzero_frac": (h[0].abs() > eps).double().mean().item(), "conditions": {
@@ -53,7 +53,7 @@ def manipulate(pipe, source, target, bank, k: int = 10, eps: float = 1e-6, min_f
                        "cos_samples_to_target": cosine(h_hat[i], h[1]).mean().item()}
                    for i, c in enumerate(CONDITIONS)}}
     ends = to_pil(at_resolution(x, pipe.resolution))
-    per = chunks(to_pil(samples), run.samples_per_image)
+    per = chunks(to_pil(samples), run.num_samples)
     rows = [[ends[0]] + per[0], [ends[0]] + per[1], [ends[1]] + per[2]]
     labels = [f"{c}\ncos to src {numbers['conditions'][c]['cos_samples_to_source']:.2f}" for c in CONDITIONS]
     title = (f"{numbers['num_common']} of {numbers['dim']} dims common to the {k} nearest neighbours "

@@ -84,7 +84,7 @@ def memorization(pipe, train_images, train_labels, test_images, test_labels, ban
 
 def _split(pipe, images, y, feats, labels, k_neighbours, background, box_frac, modes, knn_k, run):
     """Numbers for one split, and figure rows for its first NUM_EXAMPLES images."""
-    enc, k = pipe.encoder, run.samples_per_image
+    enc, k = pipe.encoder, run.num_samples
     x = encoder_view(images, enc)  # (N, 3, C, C)
     bg = background_crop(x, background, box_frac)
     h_bg = embed(enc, bg)  # (N, D)

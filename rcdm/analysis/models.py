@@ -37,7 +37,7 @@ def sample_models(pipes: Mapping, images, run) -> dict[str, ModelSamples]:
         h_hat = embed(pipe.encoder, samples)
         out[name] = ModelSamples(at_resolution(x, pipe.resolution), samples, {
             "encoder": pipe.encoder.config(), "resolution": pipe.resolution,
-            "rank": rank_stats(h, h_hat), "diversity": diversity(samples, h_hat, run.samples_per_image)})
+            "rank": rank_stats(h, h_hat), "diversity": diversity(samples, h_hat, run.num_samples)})
     return out
 
 
@@ -53,7 +53,7 @@ def compare(pipes: Mapping, images, run=None) -> AnalysisResult:
     rows, labels = [], []
     size = max(m.inputs.shape[-1] for m in res.values())
     per_model = {name: (to_pil(at_resolution(m.inputs, size)), chunks(to_pil(at_resolution(m.samples, size)),
-                                                                        run.samples_per_image))
+                                                                        run.num_samples))
                  for name, m in res.items()}
     for i in range(numbers["num_images"]):
         for name, (inputs, samples) in per_model.items():
@@ -77,7 +77,7 @@ def layers(pipes: Mapping, images, run=None) -> AnalysisResult:
               "feature_cosine": m.numbers["diversity"]["feature_cosine"]} for name, m in res.items()]
     numbers = {"num_images": len(next(iter(res.values())).inputs), "sampling": run_record(run, pipes),
                "same_encoder": len(specs) == 1, "table": table, "models": {name: m.numbers for name, m in res.items()}}
-    return AnalysisResult("layers", numbers, _layers_figure(res, run.samples_per_image))
+    return AnalysisResult("layers", numbers, _layers_figure(res, run.num_samples))
 
 
 def _layers_figure(res: dict[str, ModelSamples], k: int):

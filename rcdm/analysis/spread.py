@@ -17,7 +17,7 @@ def spread(pipe, images, run=None) -> AnalysisResult:
     image, and `rcdm.metrics.diversity` (pairwise pixel RMS and encoder-feature cosine distance) of the samples.
     Default sampling: 8 samples per image (`rcdm.evaluate.Sampling`)."""
     run = default_run(run, 8)
-    k = run.samples_per_image
+    k = run.num_samples
     if k < 2:
         raise ValueError("the spread of samples needs at least 2 samples per image")
     x = encoder_view(images, pipe.encoder)  # (N, 3, C, C)

@@ -45,8 +45,8 @@ def sampling_spec(num_samples, steps, guidance, seed, batch_per_input: int = 1) 
     """The checked widgets as a sampling spec; the sampler is the model's recorded one. One batch holds
     `batch_per_input` inputs' samples, so a job is one sampler call and one progress bar pass."""
     k = check_int("Number of samples", num_samples, 1, MAX_SAMPLES)
-    return Sampling(samples_per_image=k, steps=check_int("Steps", steps, 1, MAX_STEPS),
-                    guidance=check_guidance(guidance), seed=check_int("Seed", seed, 0, MAX_SEED),
+    return Sampling(num_samples=k, num_inference_steps=check_int("Steps", steps, 1, MAX_STEPS),
+                    guidance_scale=check_guidance(guidance), seed=check_int("Seed", seed, 0, MAX_SEED),
                     batch_size=max(k * batch_per_input, MAX_POINTS))
 
 

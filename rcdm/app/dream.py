@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 import gradio as gr
-import torch
 
 from rcdm import sample
 from rcdm.images import to_pil
+from rcdm.sampling import prior_generator
 
 from .checks import load_upload, sampling_spec
 from .models import ModelCache
@@ -36,9 +36,9 @@ class DreamTab:
         if pipe.prior is None:
             raise gr.Error(f"Model {model!r} has no prior p(h); train one with `rcdm train-prior --model DIR`.")
         with lock:
-            h = pipe.sample_embeddings(how.samples_per_image, torch.Generator().manual_seed(how.seed),
+            h = pipe.sample_embeddings(how.num_samples, prior_generator(how.seed),  # as `rcdm sample --unconditional`
                                        near=[img] if img is not None else None, strength=float(strength))
-            x = sample(pipe, h, run=dataclasses.replace(how, samples_per_image=1),
+            x = sample(pipe, h, run=dataclasses.replace(how, num_samples=1),
                        callback=progress_callback(progress, "dreaming"))
         return as_files([(im, f"dream {i + 1}") for i, im in enumerate(to_pil(x))])
 

@@ -22,12 +22,13 @@ AUGMENT_LABELS = {"flip": "flip", "crop": "crop/scale", "hue": "hue jitter", "gr
 
 
 class Recorder:
-    """A pipeline as rcdm.analysis uses one (its sampling call, `.encoder`, `.resolution`) that keeps every batch of
-    samples drawn and moves the page's progress bar: the gallery shows the very samples the score was computed on."""
+    """A pipeline as rcdm.analysis uses one (an `rcdm.sampling.Sampler` with `.encoder` and `.resolution`) that keeps
+    every batch of samples drawn and moves the page's progress bar: the gallery shows the very samples the score was
+    computed on."""
 
     def __init__(self, pipe: RCDMPipeline, progress_cb):
         self.pipe, self.encoder, self.resolution = pipe, pipe.encoder, pipe.resolution
-        self.scheduler, self.sampling_defaults = pipe.scheduler, pipe.sampling_defaults  # what `Sampling` resolves
+        self.sampling_defaults, self.dtype = pipe.sampling_defaults, pipe.dtype  # what `Sampling.resolve` reads
         self.progress_cb, self.batches = progress_cb, []
 
     def __call__(self, callback=None, **kwargs):

@@ -8,9 +8,10 @@ import gradio as gr
 from PIL import Image
 
 from rcdm import RCDMPipeline, Sampling, sample
+from rcdm.choices import DEFAULT_SAMPLING
 from rcdm.flags import auto_device
 from rcdm.images import to_pil
-from rcdm.pipeline import DEFAULT_SAMPLING, recorded_sampling
+from rcdm.pipeline import recorded_sampling
 
 
 def model_names(paths: list[Path]) -> dict[str, Path]:
@@ -39,7 +40,7 @@ class ModelCache:
 
     @property
     def sampling_defaults(self) -> dict:
-        """The first model's recorded steps and guidance (read from its directory, weights not loaded)."""
+        """The first model's recorded sampler, steps and guidance (read from its directory, weights not loaded)."""
         return recorded_sampling(next(iter(self.paths.values()))) if self.paths else dict(DEFAULT_SAMPLING)
 
     def get(self, name) -> tuple[RCDMPipeline, threading.Lock]:

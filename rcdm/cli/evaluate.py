@@ -34,8 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--offset", type=int, default=0,
                    help="start the references at this item of the split, e.g. 5000 for a set disjoint from the "
                         "reported first N (default: 0)")
-    add_sampling_flags(p, num_samples=1, names=("--samples-per-image", "--num-samples"),
-                       what="K samples per reference; ranks average over K, diversity needs K >= 2")
+    add_sampling_flags(p, num_samples=1, what="K samples per reference; ranks average over K, diversity needs K >= 2")
     p.add_argument("--judge", default=None,
                    help="encoder spec that scores the samples (rank, FD, diversity, kNN), e.g. dino_resnet50@PATH "
                         "(default: the model's own encoder and layer)")

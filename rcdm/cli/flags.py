@@ -1,8 +1,10 @@
 """Flag groups that several commands share (model, device, dtype, sampling), defined once, and the flags made from
 a typed config's fields (`add_dataclass_args`), so every config field is a documented flag with no hand plumbing.
 
-Sampling flags default to None, which means "the model's recorded choice" (`Sampling.resolve`), so every command
-that samples uses the same sampler, steps and guidance unless told otherwise. Nothing here imports torch.
+Sampling flags have the pipeline call's names (--num-samples, --num-inference-steps, --guidance-scale, --scheduler,
+--seed) and default to None, which means "the model's recorded choice" (`Sampling.resolve`), so every command that
+samples uses the same sampler, steps and guidance unless told otherwise. The old spellings --samples-per-image,
+--steps and --guidance still work and warn once. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import argparse
 import dataclasses
 import typing
 
-from ..choices import SCHEDULER_NAMES
+from ..choices import SCHEDULER_NAMES, warn_renamed
 from ..flags import DTYPES
 
 
@@ -31,19 +33,36 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                         "on recent CPUs and GPUs; float16 needs a GPU (default: float32)")
 
 
+class RenamedFlag(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's dest and warns once (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_renamed(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def add_sampling_flags(p: argparse.ArgumentParser, num_samples: int, batch_size: bool = True,
-                       names: tuple[str, ...] = ("--num-samples",),
                        what: str = "samples per input (per point, per condition)") -> None:
-    """--num-samples, --steps, --scheduler, --guidance, --seed (and --batch-size), plus the device flags."""
-    p.add_argument(*names, dest="num_samples", type=int, default=num_samples, help=f"{what} (default: {num_samples})")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps (default: the model's recorded choice)")
+    """--num-samples, --num-inference-steps, --scheduler, --guidance-scale, --seed (and --batch-size), the old
+    spellings of the first three, and the device flags."""
+    p.add_argument("--num-samples", type=int, default=num_samples,
+                   help=f"{what} (default: {num_samples}; formerly --samples-per-image)")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="sampler steps (default: the model's recorded choice; formerly --steps)")
     p.add_argument("--scheduler", default=None, choices=list(SCHEDULER_NAMES),
                    help="sampler (default: the model's recorded choice)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale; 1 = conditional only. Above 1 samples agree more with the "
-                        "representation but vary less (default: the model's recorded choice)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise generators (default: 0)")
+                        "representation but vary less (default: the model's recorded choice; formerly --guidance)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed: sample k of input i starts from noise seeded (seed, i, k) (default: 0)")
+    for old, new, typ in (("--samples-per-image", "--num-samples", int), ("--steps", "--num-inference-steps", int),
+                          ("--guidance", "--guidance-scale", float)):
+        p.add_argument(old, dest=new[2:].replace("-", "_"), type=typ, action=RenamedFlag, new=new)
     if batch_size:
         p.add_argument("--batch-size", type=int, default=64,
                        help="samples per sampler call; memory and speed only, not results (default: 64)")
@@ -61,8 +80,9 @@ def sampling_from_args(args: argparse.Namespace):
     """The `Sampling` spec the sampling flags describe (None fields: the model's recorded choice)."""
     from ..sampling import Sampling
 
-    return Sampling(samples_per_image=args.num_samples, steps=args.steps, scheduler=args.scheduler,
-                    guidance=args.guidance, seed=args.seed, batch_size=getattr(args, "batch_size", 64),
+    return Sampling(num_samples=args.num_samples, num_inference_steps=args.num_inference_steps,
+                    scheduler=args.scheduler, guidance_scale=args.guidance_scale, seed=args.seed,
+                    batch_size=getattr(args, "batch_size", 64),
                     dtype=args.dtype)
 
 

@@ -43,8 +43,7 @@ def add_parser(sub) -> None:
                         "(default: none)")
     p.add_argument("--augmentations", nargs="+", default=list(AUGMENTATIONS), choices=list(AUGMENTATIONS),
                    help="augmentations of the invariance profile (default: all)")
-    add_sampling_flags(p, num_samples=d.samples_per_image, names=("--samples-per-image",),
-                       what="fidelity: K samples per reference (diversity needs 2)")
+    add_sampling_flags(p, num_samples=d.samples_per_image, what="fidelity: K samples per reference (diversity needs 2)")
     set_default(p, "dtype", "bfloat16", "denoiser precision while sampling; the encoder stays float32 "
                                         "(default: bfloat16, about 2x faster than float32 on CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,8 +53,9 @@ def add_parser(sub) -> None:
 def settings_from_args(args) -> ReportSettings:
     return ReportSettings(num_images=args.num_images, samples_per_image=args.num_samples,
                           invariance_images=args.invariance_images, memorization_images=args.memorization_images,
-                          bank_size=args.bank_size, seed=args.seed, steps=args.steps, scheduler=args.scheduler,
-                          guidance=args.guidance, batch_size=args.batch_size, classifier=args.classifier)
+                          bank_size=args.bank_size, seed=args.seed, steps=args.num_inference_steps,
+                          scheduler=args.scheduler, guidance=args.guidance_scale, batch_size=args.batch_size,
+                          classifier=args.classifier)
 
 
 def run(args) -> None:
@@ -85,7 +85,5 @@ def _argv(args) -> list[str]:
         if k in ("func", "command") or v is None or v is False:
             continue
         flag = "--" + k.replace("_", "-")
-        if k == "num_samples":
-            flag = "--samples-per-image"
         out += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
     return out

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from .flags import add_model_flag, add_sampling_flags, sampling_from_args
 
-PRIOR_KEY = 2**31 - 1  # noise key of the prior's draw, apart from the image keys 0, 1, ...
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample images from the embeddings of input images",
@@ -32,7 +30,7 @@ def run(args) -> None:
     from ..data import open_image
     from ..flags import load_pipeline
     from ..images import to_pil
-    from ..sampling import sample, seeded_generator
+    from ..sampling import prior_generator, sample
     from ..viz import image_grid, sample_rows
 
     if not args.image and not args.unconditional:
@@ -42,9 +40,9 @@ def run(args) -> None:
     pipe = load_pipeline(args.model, args.device, args.dtype)
     spec = spec.resolve(pipe)
     if args.unconditional:  # h ~ p(h) (near the first --image with --strength < 1), then one image per h
-        h = pipe.sample_embeddings(args.unconditional, seeded_generator(spec.seed, PRIOR_KEY), near=inputs[:1] or None,
+        h = pipe.sample_embeddings(args.unconditional, prior_generator(spec.seed), near=inputs[:1] or None,
                                    strength=args.strength)
-        spec, inputs = dataclasses.replace(spec, samples_per_image=1), []
+        spec, inputs = dataclasses.replace(spec, num_samples=1), []
     else:
         h = pipe.encode(inputs)
     with tqdm(total=1, desc="sampling", unit="step") as bar:
@@ -52,11 +50,11 @@ def run(args) -> None:
             bar.total = total
             bar.update(step - bar.n)
 
-        x = sample(pipe, h, run=spec, callback=progress)  # sample k of input i: seed (seed, i, k)
+        x = sample(pipe, h, run=spec, callback=progress)  # = pipe(embeddings=h, num_samples=K, seed=seed, ...)
     pils = to_pil(x)
-    rows = sample_rows(inputs, pils, spec.samples_per_image) if inputs else \
+    rows = sample_rows(inputs, pils, spec.num_samples) if inputs else \
         [pils[i:i + 8] for i in range(0, len(pils), 8)]  # unconditional: rows of 8
     image_grid(rows, upscale=args.upscale).save(args.out)
-    what = f"{len(inputs)} row(s) of input + {spec.samples_per_image} samples" if inputs else \
+    what = f"{len(inputs)} row(s) of input + {spec.num_samples} samples" if inputs else \
         f"{len(pils)} samples from the prior's embeddings"
     print(f"wrote {args.out}: {what} ({spec.describe()})")

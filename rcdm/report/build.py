@@ -100,7 +100,7 @@ def _model_info(pipe, model_id: str, s: ReportSettings) -> dict:
     enc = pipe.encoder.config()
     run = s.sampling(1).resolve(pipe)
     return {"path": model_id, "encoder": enc["spec"], "layer": enc["layer"], "dim": enc["dim"],
-            "sampling": f"{run.scheduler}, {run.steps} steps, guidance {run.guidance:g}, {run.dtype}"}
+            "sampling": f"{run.describe()}, {run.dtype}"}
 
 
 def build_report(pipes: Mapping, data: str, out, settings: ReportSettings | None = None,
@@ -144,7 +144,7 @@ def build_report(pipes: Mapping, data: str, out, settings: ReportSettings | None
 
 def _rows_per_sample(pipe, s: ReportSettings) -> float:
     run = s.sampling(1).resolve(pipe)
-    return run.steps * (1 if run.guidance == 1 else 2)
+    return run.num_inference_steps * (1 if run.guidance_scale == 1 else 2)
 
 
 def _bank(runner: _Runner, pipe, name: str, inputs, s: ReportSettings):

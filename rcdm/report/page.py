@@ -145,7 +145,7 @@ def samples_view(n: dict) -> dict:
     rows = [row("mean per-pixel std", n["mean_pixel_std"], N, n["mean_pixel_std_ci"]),
             row("pixel diversity (RMS)", d["pixel_rms"], N, no_interval="spread reports the mean only"),
             row("feature diversity (cosine)", d["feature_cosine"], N, no_interval="spread reports the mean only")]
-    k = n["sampling"]["samples_per_image"]
+    k = n["sampling"].get("num_samples", n["sampling"].get("samples_per_image"))  # the latter: stored before issue 34
     text = [(f"The {k} samples of one input differ by {_s(d['pixel_rms'])} RMS per pixel on average "
              "(0 = identical, 1 = black against white); what stays the same across a row is what the "
              "representation keeps.")]

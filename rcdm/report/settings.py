@@ -56,8 +56,9 @@ class ReportSettings:
         """The sampling spec of a section with K = k samples per input."""
         from ..sampling import Sampling
 
-        return Sampling(samples_per_image=k, steps=self.steps, scheduler=self.scheduler, guidance=self.guidance,
-                        seed=self.seed if seed is None else seed, batch_size=self.batch_size)
+        return Sampling(num_samples=k, num_inference_steps=self.steps, scheduler=self.scheduler,
+                        guidance_scale=self.guidance, seed=self.seed if seed is None else seed,
+                        batch_size=self.batch_size)
 
 
 def parse_models(specs) -> dict[str, str]:

@@ -19,7 +19,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 
-from .model import EmbeddingCondition, RCDMUNetOutput
+from .conditioning import EmbeddingCondition, RCDMUNetOutput
 
 EPS = 1e-5  # guided-diffusion's GroupNorm32 default (diffusers' blocks default to 1e-6)
 

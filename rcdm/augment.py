@@ -1,18 +1,25 @@
-"""Batched image augmentations on tensors.
+"""Batched image augmentations on tensors: the random views of SSL pretraining (`simclr_views`) and the named,
+fixed-strength augmentations of the invariance analysis (`augment(name, x)`, names in rcdm.choices.AUGMENTATIONS).
 
 Per-sample PIL transforms cost more than the network on 2 CPU cores, so every augmentation here acts on a whole
-(B, 3, H, W) batch in [0, 1] at once, with per-sample random parameters.
+(B, 3, H, W) batch in [0, 1] at once, with per-sample random parameters where it has any.
 """
+from __future__ import annotations
+
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from .choices import AUGMENTATIONS
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
-# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane.
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane; the invariance analysis reads chroma with RGB2YIQ.
+RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(RGB2YIQ)
 
 
 def _uniform(b, lo, hi, device):
@@ -62,7 +69,7 @@ def hue_shift(x, turns):
     a = turns * 2 * math.pi
     cos, sin, one, zero = a.cos(), a.sin(), torch.ones_like(a), torch.zeros_like(a)
     rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)  # (B, 3, 3)
-    m = _YIQ2RGB.to(x) @ rot.to(x) @ _RGB2YIQ.to(x)  # (B, 3, 3)
+    m = _YIQ2RGB.to(x) @ rot.to(x) @ RGB2YIQ.to(x)  # (B, 3, 3)
     return torch.einsum("bij,bjhw->bihw", m, x)
 
 
@@ -76,3 +83,42 @@ def simclr_views(x, size):
     x = random_resized_crop(x, size)
     x = _apply_with_prob(x, color_jitter, 0.8)
     return _apply_with_prob(x, grayscale, 0.2)
+
+
+# ------------------------------------------------------------------------------------------------ named
+@dataclass(frozen=True)
+class AugmentParams:
+    """The fixed strength of each named augmentation (rcdm.analysis.invariance describes each)."""
+
+    crop_frac: float = 0.5      # side of the centre crop, as a fraction of the image side
+    hue_turns: float = 0.25     # hue rotation, in turns of the colour circle
+    rotation_deg: float = 90.0  # rotation angle in degrees
+    blur_sigma: float = 0.04    # Gaussian sigma, as a fraction of the image side
+
+
+def augment(name: str, x: torch.Tensor, p: AugmentParams = AugmentParams()) -> torch.Tensor:
+    """Apply augmentation `name` to (B, 3, S, S) images in [0, 1], deterministically."""
+    s = x.shape[-1]
+    if name == "flip":
+        return x.flip(-1)
+    if name == "crop":
+        c = max(1, round(s * p.crop_frac))
+        o = (s - c) // 2
+        return F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False).clamp(0, 1)
+    if name == "hue":
+        return hue_shift(x, torch.full((len(x),), p.hue_turns, device=x.device)).clamp(0, 1)
+    if name == "grayscale":
+        return grayscale(x).contiguous()
+    if name == "rotation":
+        return _rotate(x, p.rotation_deg)
+    if name == "blur":
+        sigma = p.blur_sigma * s
+        return TF.gaussian_blur(x, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
+    raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3).to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

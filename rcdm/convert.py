@@ -21,6 +21,10 @@ from pathlib import Path
 import torch
 
 from .adm import ADMUNet
+from .encoders import Preprocess, load_encoder
+from .encoders.online import check_url
+from .encoders.weights import read_weights
+from .schedulers import make_scheduler, training_scheduler
 
 RCDM_URL = "https://dl.fbaipublicfiles.com/rcdm/rcdm_ema_{}.pt"
 LICENCE = "CC-BY-NC 4.0 (facebookresearch/RCDM)"
@@ -156,8 +160,6 @@ def _put(out: dict, target: dict, name: str, value: torch.Tensor, source: str) -
 # ------------------------------------------------------------------------------------------------ files
 def read_checkpoint(path) -> dict:
     """The released file: a plain state dict, read with weights_only=True; a bad file is a one-line error."""
-    from .encoders.weights import read_weights
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such RCDM checkpoint")
@@ -176,12 +178,10 @@ def build_unet(state: dict) -> ADMUNet:
     return unet
 
 
-def convert(checkpoint, encoder: str, layer: str, out, command: str = "", source: str | None = None) -> Path:
-    """Convert one released file into a pipeline directory at `out` (written atomically)."""
-    from .encoders import Preprocess, load_encoder
-    from .pipeline import RCDMPipeline
-    from .schedulers import make_scheduler, training_scheduler
-
+def convert(checkpoint, encoder: str, layer: str, out, pipeline_class, command: str = "",
+            source: str | None = None) -> Path:
+    """Convert one released file into a pipeline directory at `out` (written atomically by
+    `pipeline_class.save_pretrained`; the caller passes `rcdm.RCDMPipeline`, so this module stays below it)."""
     enc = load_encoder(encoder, layer)
     if enc.random_init:  # from_pretrained would refuse the result: its fingerprint changes with every init
         raise ValueError(f"--encoder {encoder!r} has random weights, but an RCDM is conditioned on the trained "
@@ -198,7 +198,7 @@ def convert(checkpoint, encoder: str, layer: str, out, command: str = "", source
                          f"encoder {encoder!r} layer {layer!r} gives {enc.dim}-d ones; pick the matching encoder/layer")
     enc.preprocess = Preprocess.from_dict(RCDM_PREPROCESS)
     sched = make_scheduler(SAMPLER, training_scheduler("epsilon", variance_type="learned_range").config)
-    pipe = RCDMPipeline(unet=unet.eval(), scheduler=sched, encoder=enc)
+    pipe = pipeline_class(unet=unet.eval(), scheduler=sched, encoder=enc)
     pipe.sampling_defaults = {"num_inference_steps": 100, "guidance_scale": 1.0}
     training = {"command": command, "converted_from": source or str(checkpoint), "licence": LICENCE,
                 "reference": "facebookresearch/RCDM at 71daaf1, MODEL_FLAGS_128, EMA weights"}
@@ -227,10 +227,11 @@ def write_card(out: Path, source: str, encoder: str, layer: str, command: str, u
 
 
 # ------------------------------------------------------------------------------------------------ names
-def resolve_published(name: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+def resolve_published(name: str, pipeline_class=None, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """`rcdm-imagenet128-<ssl>-<trunk|head>[@RCDM_FILE][+ENCODER_FILE]` -> a converted pipeline directory (made once,
-    under the torch hub cache), or None if `name` is not one of the published models. Without @RCDM_FILE the RCDM
-    file is downloaded; without +ENCODER_FILE the encoder's release is (both into the torch hub cache)."""
+    under the torch hub cache, by `convert` with `pipeline_class`), or None if `name` is not one of the published
+    models. Without @RCDM_FILE the RCDM file is downloaded; without +ENCODER_FILE the encoder's release is (both into
+    the torch hub cache)."""
     rest, _, enc_file = name.partition("+")
     base, _, local = rest.partition("@")
     if base not in PUBLISHED:
@@ -242,7 +243,10 @@ def resolve_published(name: str, cache_dir: str | os.PathLike | None = None) -> 
         return out
     ckpt = Path(local) if local else _download(RCDM_URL.format(pub.stem), root, name)
     encoder = f"{pub.encoder.split('@')[0]}@{enc_file}" if enc_file else pub.encoder
-    return convert(ckpt, encoder, pub.layer, out, command=f"RCDMPipeline.from_pretrained({name!r})",
+    if pipeline_class is None:
+        raise FileNotFoundError(f"{name} is not converted yet: load it once with RCDMPipeline.from_pretrained({name!r}) "
+                                f"or convert it with `rcdm convert-rcdm`")
+    return convert(ckpt, encoder, pub.layer, out, pipeline_class, command=f"RCDMPipeline.from_pretrained({name!r})",
                    source=RCDM_URL.format(pub.stem))
 
 
@@ -255,8 +259,6 @@ def _current(out: Path) -> bool:
 
 def _download(url: str, root: Path, name: str) -> Path:
     """The RCDM file through the cache; offline and not cached: one line at once, not a network timeout."""
-    from .encoders.online import check_url
-
     dst = root / Path(url).name
     check_url(name, url, dst, f"use {name.partition('@')[0]}@FILE[+ENCODER_FILE]")
     root.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ candidates are tied to that precision.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from .data import open_dataset
 from .images import to_pil, to_uint8
 from .metrics import (class_agreement, classifier_scores, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats,
                       sample_ranks)
-from .references import ENCODE_CHUNK, References, read_references, train_features  # noqa: F401 (re-exported)
+from .references import ENCODE_CHUNK, References, read_references, train_features
 from .sampling import Sampling, sample_batches, sampling_context
 
 FORMAT = "rcdm-metrics/1"

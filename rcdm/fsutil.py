@@ -12,6 +12,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+@contextmanager
+def atomic_file(path: str | Path):
+    """A temporary sibling of `path` to write (`<stem>.tmp<suffix>`: writers that read the format from the suffix
+    still see it), renamed onto `path` when the block ends without error: a crash never leaves a half-written file
+    under the real name."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write `data` (str as UTF-8) to `path` through `atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
 def fresh_tmp_dir(out: str | Path) -> Path:
     """An empty sibling directory `<out>.tmp` to build `out` in."""
     tmp = Path(out).with_name(Path(out).name + ".tmp")

@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from .convert import PUBLISHED, resolve_published
 from .resources import pretrained_root
 
 PIPELINE_FILE = "rcdm_pipeline.json"
@@ -34,10 +35,11 @@ def is_hub_id(name) -> bool:
 
 
 def resolve_model_path(name_or_path=None, revision: str | None = None, cache_dir=None, token=None,
-                       allow_patterns: list[str] | None = None) -> Path:
+                       allow_patterns: list[str] | None = None, pipeline_class=None) -> Path:
     """The local directory of a model: a directory path, a shipped model name, a published ImageNet-128 RCDM name,
     or a Hub repo id "org/name" (downloaded into the HF cache, or read from it offline). None = the default model.
-    `revision`, `cache_dir`, `token` and `allow_patterns` apply to Hub ids only."""
+    `revision`, `cache_dir`, `token` and `allow_patterns` apply to Hub ids only; a published name is converted on
+    first use by `pipeline_class` (`RCDMPipeline` passes itself: this module is below it)."""
     name = name_or_path if name_or_path is not None else DEFAULT_MODEL
     p = Path(name)
     for cand in (p, pretrained_root() / p):
@@ -46,9 +48,7 @@ def resolve_model_path(name_or_path=None, revision: str | None = None, cache_dir
     if is_hub_id(name) and not p.exists():
         return hub_snapshot(name, revision, cache_dir, token, allow_patterns)
     if isinstance(name, str):
-        from .convert import resolve_published  # downloads and converts once
-
-        published = resolve_published(name)
+        published = resolve_published(name, pipeline_class)  # downloads and converts once
         if published is not None:
             return _local(published, revision)
     raise FileNotFoundError(_not_found(name))
@@ -61,8 +61,6 @@ def _local(path: Path, revision) -> Path:
 
 
 def _not_found(name) -> str:
-    from .convert import PUBLISHED
-
     shipped = [d.name for d in shipped_models()]
     where = (f"'{name}' exists but holds no {PIPELINE_FILE}" if Path(name).exists() else
              f"no RCDM pipeline at '{name}' (looked for {PIPELINE_FILE} there and in {pretrained_root()})")

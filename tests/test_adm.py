@@ -230,7 +230,7 @@ def test_learned_variance_sampling_stays_in_range(small_release, tiny_encoder_di
     from rcdm.schedulers import make_scheduler
 
     _, path = small_release
-    out = convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path / "c")
+    out = convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path / "c", RCDMPipeline)
     pipe = RCDMPipeline.from_pretrained(out)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -249,9 +249,9 @@ def test_published_names_parse_local_copies(monkeypatch, tmp_path):
     import rcdm.convert as C
 
     calls = []
-    monkeypatch.setattr(C, "convert", lambda ckpt, enc, layer, out, **kw: calls.append((str(ckpt), enc, layer)) or out)
-    C.resolve_published("rcdm-imagenet128-dino-head@/w/rcdm_ema_dino_head.pt+/w/dino_full.pth", cache_dir=tmp_path)
-    C.resolve_published("rcdm-imagenet128-supervised@/w/rcdm_ema_supervised.pt", cache_dir=tmp_path)
+    monkeypatch.setattr(C, "convert", lambda ckpt, enc, layer, out, cls, **kw: calls.append((str(ckpt), enc, layer)) or out)
+    C.resolve_published("rcdm-imagenet128-dino-head@/w/rcdm_ema_dino_head.pt+/w/dino_full.pth", object, tmp_path)
+    C.resolve_published("rcdm-imagenet128-supervised@/w/rcdm_ema_supervised.pt", object, tmp_path)
     assert calls == [("/w/rcdm_ema_dino_head.pt", "dino_resnet50@/w/dino_full.pth", "projector"),
                      ("/w/rcdm_ema_supervised.pt", "torchvision:resnet50@IMAGENET1K_V1", "backbone")]
     assert C.resolve_published("rcdm-cifar10-backbone", cache_dir=tmp_path) is None
@@ -372,8 +372,10 @@ def test_respacing_formula_is_rcdms_grid():
 
 @pytest.fixture(scope="module")
 def converted(small_release, tmp_path_factory, tiny_encoder_dir):
+    from rcdm import RCDMPipeline
+
     _, path = small_release
-    return convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path_factory.mktemp("conv") / "c")
+    return convert(path, f"file:{tiny_encoder_dir}", "backbone", tmp_path_factory.mktemp("conv") / "c", RCDMPipeline)
 
 
 def test_converted_model_records_rcdms_sampler_and_grid(converted):

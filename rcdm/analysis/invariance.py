@@ -32,61 +32,20 @@ image):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..augment import _RGB2YIQ, grayscale, hue_shift
+from ..augment import RGB2YIQ, AugmentParams, augment, grayscale  # re-exported: rcdm.analysis names them
 from ..images import to_pil
 from ..sampling import sample
+from ..viz import image_grid
 from ..choices import AUGMENTATIONS
 from .common import AnalysisResult, at_resolution, default_run, embed, encoder_view, run_record
 
 HF_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """The fixed strength of each augmentation (module docstring)."""
-
-    crop_frac: float = 0.5      # side of the centre crop, as a fraction of the image side
-    hue_turns: float = 0.25     # hue rotation, in turns of the colour circle
-    rotation_deg: float = 90.0  # rotation angle in degrees
-    blur_sigma: float = 0.04    # Gaussian sigma, as a fraction of the image side
-
-
-# ------------------------------------------------------------------------------------------------ transforms
-def augment(name: str, x: torch.Tensor, p: AugmentParams = AugmentParams()) -> torch.Tensor:
-    """Apply augmentation `name` to (B, 3, S, S) images in [0, 1], deterministically."""
-    s = x.shape[-1]
-    if name == "flip":
-        return x.flip(-1)
-    if name == "crop":
-        c = max(1, round(s * p.crop_frac))
-        o = (s - c) // 2
-        return F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False).clamp(0, 1)
-    if name == "hue":
-        return hue_shift(x, torch.full((len(x),), p.hue_turns, device=x.device)).clamp(0, 1)
-    if name == "grayscale":
-        return grayscale(x).contiguous()
-    if name == "rotation":
-        return _rotate(x, p.rotation_deg)
-    if name == "blur":
-        import torchvision.transforms.v2.functional as TF
-
-        sigma = p.blur_sigma * s
-        return TF.gaussian_blur(x, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
-    raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
-
-
-def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
-    grid = F.affine_grid(theta.expand(len(x), 2, 3).to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -123,7 +82,7 @@ def hue_offset(img: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _chroma(img: torch.Tensor) -> torch.Tensor:
-    yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ.double(), img.double())  # (M, 3, R, R)
+    yiq = torch.einsum("ij,bjhw->bihw", RGB2YIQ.double(), img.double())  # (M, 3, R, R)
     return torch.complex(yiq[:, 1], yiq[:, 2])  # (M, R, R): I + iQ
 
 
@@ -183,9 +142,7 @@ def _score(m: dict) -> float | None:
 
 
 def _figure(results: dict, examples: dict, augmentations):
-    from matplotlib.figure import Figure
-
-    from ..viz import image_grid
+    from matplotlib.figure import Figure  # matplotlib loads when a figure is drawn
 
     fig = Figure(figsize=(max(6.0, 1.1 * (len(augmentations) + 1)), 4 + 0.8 * (1 + len(results))), dpi=100,
                  layout="constrained")

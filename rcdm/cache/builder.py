@@ -1,20 +1,6 @@
-"""The embedding cache: frozen embeddings of every training image, computed once.
-
-The encoder is frozen, so re-encoding every step only burns compute. `rcdm embed` stores, for each usable image i
-and each view v (0 = as is, 1 = horizontally flipped), the embedding f(view_v(x_i)). Training pairs the image in
-view v with exactly that embedding. The file is safetensors; its metadata records the encoder (spec, layer,
-dimension, preprocessing, a fingerprint of its weights), the data spec, a dataset fingerprint and the views, and
-training refuses a cache that does not match its data or an encoder whose weights changed.
-
-Writing scales to ImageNet (`embed_store`): `OUT.partial` is preallocated at its final size, the processes of an
-`accelerate launch` fill disjoint chunks of rows in place, and a per-item status (0 pending, 1 done, 2 unreadable)
-is written after each chunk's rows are on disk, so the same command resumes after a kill. While it runs, OUT.lock
-refuses a second run writing the same OUT (the kernel drops the lock with its process: a killed run blocks no one).
-When every process is done, the main one stores the per-dimension mean/std of the embeddings and the metadata, and
-renames the file to OUT.
-Rows follow the dataset, except that each unreadable item's row is filled with one of the last readable items
-(`indices` says which): the usable rows are then a prefix, mapped without a copy. Reading maps the file.
-"""
+"""Building an embedding cache (`build_cache`, the `rcdm embed` command's work): every readable image of a dataset
+in each view, encoded, sharded over the processes of an `accelerate launch`, committed chunk by chunk and resumed
+after a kill. `rcdm.cache` describes the file."""
 from __future__ import annotations
 
 import copy
@@ -28,103 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from .data import ImageError, check_bad, fingerprint, listing_of, open_dataset
-from .embed_store import SAFETENSORS, RowFile, create, open_tensors
-from .fsutil import OutputLocked, output_lock
-
-VIEWS = ("identity", "hflip")
-PENDING, DONE, UNREADABLE = 0, 1, 2  # per-item status in a partial file
-STORE_KEY, META_KEY = "rcdm_store", "rcdm"  # metadata: what the rows are (checked on resume); the finished cache's
-HEADER_RESERVE = 1 << 16  # spare header bytes for the final metadata (counts, a few unreadable-image messages)
-
-
-def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
-    """(..., H, W) image in view `view` (index into VIEWS)."""
-    return x.flip(-1) if VIEWS[view] == "hflip" else x
-
-
-@dataclass
-class EmbeddingCache:
-    """embeddings (N, K, D) for dataset items `indices` (N,), with `labels` (N,) and metadata. `load` maps them
-    from the file: rows are read when touched."""
-
-    embeddings: torch.Tensor
-    indices: torch.Tensor
-    labels: torch.Tensor
-    meta: dict
-    files: list[str] | None = None  # a folder's file list or a shard index (`listing_of`): no rescan when training
-    stats: tuple[torch.Tensor, torch.Tensor] | None = None  # per-dimension mean, std (D,) of all rows and views
-
-    @classmethod
-    def load(cls, path) -> "EmbeddingCache":
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"embedding cache {path} not found; create it with `rcdm embed`.")
-        t, metadata = open_tensors(path)
-        if META_KEY not in metadata:
-            raise ValueError(f"{path} is an unfinished `rcdm embed` output; run the same command again to finish it.")
-        meta = json.loads(metadata[META_KEY])
-        n = meta["num_rows"] if "status" in t else len(t["indices"])  # rows past n: unreadable items' slots
-        files = bytes(t["files"].numpy()).decode().split("\n") if "files" in t else None
-        stats = (t["embedding_mean"], t["embedding_std"]) if "embedding_mean" in t else None
-        return cls(t["embeddings"][:n], t["indices"][:n], t["labels"][:n], meta, files, stats)
-
-    def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tensors = {"embeddings": self.embeddings.contiguous(), "indices": self.indices, "labels": self.labels}
-        if self.files:  # newline-joined UTF-8 (no newline in a file name is supported), ~50 MB for ImageNet
-            tensors["files"] = torch.frombuffer(bytearray("\n".join(self.files).encode()), dtype=torch.uint8)
-        if self.stats is not None:
-            tensors.update(embedding_mean=self.stats[0].contiguous(), embedding_std=self.stats[1].contiguous())
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.meta)})
-        tmp.replace(path)  # atomic: a crash never leaves a truncated cache under the real name
-
-    def open_data(self, spec: str):
-        """The dataset `spec` names; an image folder or tar shards are rebuilt from the stored listing instead of
-        rescanned (every rank at every start). The fingerprint check still compares it with the files on disk."""
-        return open_dataset(spec, listing=self.files)
-
-    @property
-    def dim(self) -> int:
-        return self.embeddings.shape[-1]
-
-    def embedding_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 per-dimension mean and std (D,) over every row and view: stored by `rcdm embed` (no full read of
-        the file), else computed as training always did."""
-        if self.stats is not None:
-            return self.stats[0].float(), self.stats[1].float()
-        flat = self.embeddings.flatten(0, 1).float()  # (N * K, D)
-        return flat.mean(0), flat.std(0)
-
-    def check_matches(self, ds, encoder_spec: str | None = None, layer: str | None = None) -> None:
-        """Refuse a cache made from other data or another encoder/layer, naming what differs."""
-        problems = []
-        if self.meta["fingerprint"] != fingerprint(ds):
-            problems.append(f"dataset fingerprint {self.meta['fingerprint']} != {fingerprint(ds)} "
-                            f"(cache was made from '{self.meta['data']}')")
-        enc = self.meta["encoder"]
-        if encoder_spec is not None and encoder_spec != enc["spec"]:
-            problems.append(f"encoder '{enc['spec']}' != requested '{encoder_spec}'")
-        if layer is not None and layer != enc["layer"]:
-            problems.append(f"layer '{enc['layer']}' != requested '{layer}'")
-        if problems:
-            raise ValueError("embedding cache does not match: " + "; ".join(problems) + ". Re-run `rcdm embed`.")
-
-    def check_encoder(self, encoder) -> None:
-        """Refuse an encoder whose weights are not the ones that made these embeddings: same spec, other network
-        (a random init rebuilt, a weights file replaced). Caches made before fingerprints existed are not checked."""
-        from .encoders.frozen import random_init_error
-
-        if encoder.random_init:
-            raise ValueError(random_init_error(encoder.spec))
-        want = self.meta["encoder"].get("fingerprint")
-        got = encoder.fingerprint() if want else None
-        if want and got != want:
-            raise ValueError(f"encoder {encoder.spec!r} has other weights than the ones this cache was made with "
-                             f"(fingerprint {got[:12]} != {want[:12]}): the denoiser would condition on another "
-                             "network. Restore the original weights, or re-run `rcdm embed`.")
+from ..data import ImageError, check_bad, fingerprint, listing_of, open_dataset
+from ..embed_store import SAFETENSORS, RowFile, create
+from ..encoders.frozen import random_init_error
+from ..fsutil import OutputLocked, output_lock
+from .reader import DONE, HEADER_RESERVE, META_KEY, PENDING, STORE_KEY, UNREADABLE, VIEWS, EmbeddingCache, apply_view
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -220,8 +115,6 @@ def build_cache(encoder, data: str, out=None, **options) -> EmbeddingCache | Non
     finished cache (memory-mapped) on the main process, None on the others; without `out`, the cache is built in a
     temporary file and returned in memory. Unreadable images are skipped and counted. A random-init encoder is
     refused: no pipeline could ever rebuild the network these embeddings come from."""
-    from .encoders.frozen import random_init_error
-
     opts = EmbedOptions(**options)
     if encoder.random_init:
         raise ValueError(random_init_error(encoder.spec))

@@ -31,9 +31,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from ..convert import convert
+    from ..pipeline import RCDMPipeline
 
     t0 = time.time()
     command = shlex.join(["rcdm", "convert-rcdm", args.checkpoint, "--encoder", args.encoder, "--layer", args.layer,
                           "--out", args.out])
-    out = convert(args.checkpoint, args.encoder, args.layer, args.out, command)
+    out = convert(args.checkpoint, args.encoder, args.layer, args.out, RCDMPipeline, command)
     print(f"wrote {out} in {time.time() - t0:.1f} s")

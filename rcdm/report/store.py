@@ -8,26 +8,20 @@ skips them.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..fsutil import atomic_file, write_atomic
 
 FORMAT = "rcdm-report-section/1"
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def save_figure(fig, path: Path) -> None:
     """A matplotlib Figure or a PIL image -> PNG at `path`, atomically."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    if hasattr(fig, "savefig"):
-        fig.savefig(tmp, dpi=100)
-    else:
-        fig.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        if hasattr(fig, "savefig"):
+            fig.savefig(tmp, dpi=100)
+        else:
+            fig.save(tmp, format="PNG")
 
 
 class Store:

@@ -51,7 +51,7 @@ class HeldOut:
     @classmethod
     def read(cls, spec: str, n: int, encoder, resolution: int) -> "HeldOut":
         from .data import open_dataset
-        from .evaluate import read_references
+        from .references import read_references
 
         ds = open_dataset(spec, "test")
         positions = spread_indices(len(ds), n)

@@ -20,6 +20,9 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .adm import ADMUNet
+from .encoders import Preprocess, load_encoder
+from .encoders.identity import check_encoder_matches, check_encoder_weights  # re-exported: one definition
 from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .hub import DEFAULT_MODEL, PIPELINE_FILE, resolve_model_path, shipped_models, upload_to_hub  # noqa: F401
 from .images import to_pil, to_uint8
@@ -116,9 +119,8 @@ class RCDMPipeline(DiffusionPipeline):
         or a Hub repo id "org/name" (`revision`, `cache_dir`, `token` as in huggingface_hub; HF_HUB_OFFLINE=1 reads
         the cache only). No flags are needed: the directory records the encoder spec, layer, dimension,
         preprocessing, resolution and schedule."""
-        from .encoders import Preprocess, load_encoder
-
-        path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
+        path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
+                                  pipeline_class=cls)
         meta = read_meta(path)
         unet = denoiser_class(path / "unet").from_pretrained(path / "unet", torch_dtype=torch_dtype)
         enc_cfg = meta["encoder"]
@@ -356,8 +358,6 @@ def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
 
 def denoiser_class(unet_dir: Path):
     """RCDMUNet, or ADMUNet for the reference network (converted RCDM checkpoints), by the saved class name."""
-    from .adm import ADMUNet
-
     name = json.loads((Path(unet_dir) / "config.json").read_text()).get("_class_name")
     return ADMUNet if name == "ADMUNet" else RCDMUNet
 
@@ -366,7 +366,7 @@ def read_meta(name_or_path=None, revision: str | None = None, cache_dir=None, to
     """A model's rcdm_pipeline.json (encoder, sampling, training record) without loading its weights (of a Hub repo,
     only that file is fetched)."""
     path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token,
-                              allow_patterns=[PIPELINE_FILE])
+                              allow_patterns=[PIPELINE_FILE], pipeline_class=RCDMPipeline)
     meta = json.loads((path / PIPELINE_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported pipeline format {meta.get('format')!r} (expected {FORMAT}).")
@@ -401,52 +401,6 @@ def _postprocess(x, output_type):
     if output_type == "pt":
         return x
     return to_uint8(x).permute(0, 2, 3, 1).numpy() if output_type == "np" else to_pil(x)  # np: (N, R, R, 3) uint8
-
-
-def check_encoder_matches(encoder, recorded: dict, where) -> None:
-    """Refuse an encoder other than the one the denoiser was trained on: its samples would be meaningless."""
-    got = {"spec": encoder.spec, "layer": encoder.layer, "dim": encoder.dim}
-    want = {k: recorded[k] for k in got}
-    same = _same_spec(got["spec"], want["spec"], recorded.get("fingerprint"))
-    if got["dim"] != want["dim"] or got["layer"] != want["layer"] or not same:
-        raise ValueError(
-            f"{where}: this denoiser was trained on encoder {want['spec']!r}, layer {want['layer']!r} "
-            f"({want['dim']}-d), but was given {got['spec']!r}, layer {got['layer']!r} ({got['dim']}-d). "
-            "Embeddings from another encoder or layer live in a different space; load without `encoder=` "
-            "or train a denoiser for that encoder."
-        )
-    check_encoder_weights(encoder, recorded, where)
-
-
-def check_encoder_weights(encoder, recorded: dict, where) -> None:
-    """Refuse an encoder whose weights differ from the recorded fingerprint (one spec, another network: a random
-    init rebuilt, a weights file replaced). Models saved before fingerprints existed record none: not checked."""
-    want = recorded.get("fingerprint")
-    if not want:
-        return
-    got = encoder.fingerprint()
-    if got != want:
-        why = (" It has no stored weights (a random init), so every load draws another network; train on an encoder "
-               "with a weights file (torchvision:ARCH@weights.pth)." if encoder.random_init else
-               " Restore the weights file the model was trained with, or retrain.")
-        raise ValueError(f"{where}: encoder {encoder.spec!r} has other weights than the ones this denoiser was trained "
-                         f"on (fingerprint {got[:12]} != recorded {want[:12]}).{why}")
-
-
-def _same_spec(got: str, want: str, fingerprint: str | None) -> bool:
-    """Specs name the same encoder: the same name, wherever a local copy of the weights lives (`name@PATH`). Local
-    rcdm-native encoders (`file:`, `pretrained:`) move and are renamed when a model carries its own copy
-    (`file:encoder`): with a recorded fingerprint, the weights decide (`check_encoder_weights`)."""
-    local = ("file:", "pretrained:")
-    if fingerprint and got.startswith(local) and want.startswith(local):
-        return True
-    return _spec_key(got) == _spec_key(want)
-
-
-def _spec_key(spec: str) -> str:
-    if spec.startswith("file:"):
-        return Path(spec[5:]).name
-    return spec.partition(":")[2] if spec.startswith("pretrained:") else spec.split("@")[0]
 
 
 def _cast(module, dtype):

@@ -18,7 +18,9 @@ from PIL import Image
 
 from ..data import check_bad, open_dataset, readable_items
 from ..images import pil_to_uint8, resize_center_crop
+from ..references import train_features
 from ..sampling import Sampling
+from ..viz import image_grid
 
 FORMAT = "rcdm-analysis/1"
 PAD = 2  # pixels between grid tiles (rcdm.viz.image_grid)
@@ -128,8 +130,6 @@ def load_bank(bank, encoder=None, progress: bool = False) -> tuple[torch.Tensor,
         return feats.float().cpu(), torch.as_tensor(labels).cpu()
     if encoder is None:
         raise ValueError("loading a bank from a file or data spec needs the encoder it must match")
-    from ..evaluate import train_features
-
     feats, labels = train_features(str(bank), encoder, progress)
     return feats.float().cpu(), (labels.cpu() if (labels >= 0).all() else None)
 
@@ -161,8 +161,6 @@ def blank_tile(size: int) -> Image.Image:
 def labelled_grid(rows: list[list[Image.Image]], labels: list[str], title: str = "", upscale: int | None = None):
     """A matplotlib Figure of an image grid (rcdm.viz.image_grid) with a label left of every row."""
     from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
-
-    from ..viz import image_grid
 
     tile = rows[0][0].size[1]
     upscale = upscale or max(1, 96 // tile)

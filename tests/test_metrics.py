@@ -269,12 +269,12 @@ def test_cli_evaluate_smoke(tiny_pipeline_dir, tiny_encoder_dir, test_spec, tmp_
 
     out, png = tmp_path / "m.json", tmp_path / "m.png"
     code = main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", test_spec, "--num-images", "4",
-                 "--samples-per-image", "2", "--steps", "2", "--scheduler", "ddim", "--device", "cpu",
+                 "--num-samples", "2", "--num-inference-steps", "2", "--scheduler", "ddim", "--device", "cpu",
                  "--judge", f"file:{tiny_encoder_dir}", "--judge-layer", "projector",
                  "--out", str(out), "--summary-png", str(png)])
     assert code == 0 and png.is_file() and "mean rank" in capsys.readouterr().out
     m = json.loads(out.read_text())
-    assert m["format"] == "rcdm-metrics/1" and m["cli"]["num_images"] == 4 and m["sampling"]["samples_per_image"] == 2
+    assert m["format"] == "rcdm-metrics/1" and m["cli"]["num_images"] == 4 and m["sampling"]["num_samples"] == 2
     assert m["judge"]["layer"] == "projector" and m["model"]["encoder"]["layer"] == "backbone"
     missing = main(["evaluate", "--model", str(tiny_pipeline_dir), "--data", test_spec, "--num-images", "2",
                     "--inception-weights", str(tmp_path / "nope.pth"), "--out", str(out)])
@@ -291,6 +291,6 @@ def test_cli_evaluate_every_flag_has_help():
     flags = [a for a in sub._actions if a.dest != "help"]
     assert all(a.help for a in flags)
     names = {o for a in flags for o in a.option_strings}
-    assert names >= {"--model", "--data", "--num-images", "--offset", "--samples-per-image", "--steps", "--scheduler",
-                     "--guidance", "--seed", "--judge", "--judge-layer", "--train-data", "--inception-weights", "--out",
-                     "--summary-png"}
+    assert names >= {"--model", "--data", "--num-images", "--offset", "--num-samples", "--num-inference-steps",
+                     "--scheduler", "--guidance-scale", "--seed", "--judge", "--judge-layer", "--train-data",
+                     "--inception-weights", "--out", "--summary-png"}

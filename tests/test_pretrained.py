@@ -52,8 +52,8 @@ def test_encoder_spec_dims(layer, dim):
 def test_shipped_model_is_far_better_than_chance_at_its_defaults(name, cifar_npz):
     pipe = RCDMPipeline.from_pretrained(name)
     m = evaluate(pipe, f"{cifar_npz}:test", 50, Sampling(seed=0), progress=False)  # the recorded sampler
-    assert (m["sampling"]["scheduler"], m["sampling"]["steps"]) == (read_meta(name)["scheduler"],
-                                                                     pipe.sampling_defaults["num_inference_steps"])
+    recorded = read_meta(name)["sampling"]
+    assert {k: m["sampling"][k] for k in recorded} == recorded == pipe.sampling_defaults
     assert m["rank"]["mean"] <= MAX_MEAN_RANK_50[name], m["rank"]
 
 
@@ -70,7 +70,7 @@ def test_card_states_the_recorded_sampler(name):
     """The card names the sampler the pipeline records, so switching the default cannot leave the card stale."""
     meta = read_meta(name)
     steps = meta["sampling"]["num_inference_steps"]
-    stated = f"Sampler recorded in the pipeline: **{meta['scheduler'].upper()}, {steps} steps**"
+    stated = f"Sampler recorded in the pipeline: **{meta['sampling']['scheduler'].upper()}, {steps} steps**"
     assert stated in (ROOT / name / "README.md").read_text(), f"{name}/README.md should say: {stated}"
 
 
@@ -78,7 +78,7 @@ def test_card_states_the_recorded_sampler(name):
 def test_scheduler_config_names_the_recorded_sampler(name):
     """rcdm's loader reads the record, but `DDIMScheduler.from_pretrained(..., subfolder="scheduler")` by hand reads
     scheduler_config.json: both must name the same sampler (a stint installed by hand once left them disagreeing)."""
-    recorded = read_meta(name)["scheduler"]
+    recorded = read_meta(name)["sampling"]["scheduler"]
     config = json.loads((ROOT / name / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == SCHEDULERS[recorded][0].__name__, (name, recorded, config["_class_name"])
 

@@ -21,6 +21,7 @@ from rcdm.app.checks import MAX_FILE_BYTES, load_upload  # noqa: E402
 from rcdm.app.interpolate import InterpolateTab  # noqa: E402
 from rcdm.app.invariance import gallery_columns  # noqa: E402
 from rcdm.cli import main as cli_main  # noqa: E402
+from rcdm.data import open_image  # noqa: E402
 from rcdm.pipeline import DEFAULT_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a live Gradio server in this process
@@ -87,6 +88,11 @@ def test_every_endpoint(client, server, pngs):
 
     out = client.predict(a, "tiny-backbone", *TINY.values(), api_name="/sample")
     assert gallery_sizes(out) == [(32, 32)] * 3 and out[0]["caption"].startswith("input")
+    pipe, lock = server.rcdm_models.get("tiny-backbone")
+    with lock:  # one seeding scheme: the page shows what pipe(..., seed=0) and `rcdm sample --seed 0` draw
+        want = pipe(images=[open_image(pngs[0])], num_samples=2, num_inference_steps=2, guidance_scale=1.0, seed=0)
+    assert [Image.open(item["image"]).convert("RGB").tobytes() for item in out[1:]] == [
+        im.tobytes() for im in want.images]
 
     left, right = client.predict(a, "tiny-backbone", "tiny-projector", *TINY.values(), api_name="/compare")
     assert len(left) == len(right) == 3

@@ -4,8 +4,8 @@
     python benchmarks/gpu_train.py --smoke --out /tmp/gpu_train     # the same code path, tiny, on the CPU (~10 s)
     bash benchmarks/gpu_train_device.sh                             # the one-shot run on a lent GPU machine
 
-Training: a step is the loop's own `rcdm.train.train_step` (Accelerate's bf16 autocast, the preset's loss, gradient
-clipping, fused AdamW, the LR schedule) plus the EMA update, on a UNet built from the preset's UNetConfig (422.6M
+Training: a step is the loop's own `rcdm.training.loop.train_step` (Accelerate's bf16 autocast, the preset's loss,
+gradient clipping, fused AdamW, the LR schedule) plus the EMA update, on a UNet built from the preset's UNetConfig (422.6M
 parameters for imagenet-128) and synthetic data already on the device: x0 uniform in [-1, 1], h Gaussian of
 --embedding-dim. No dataset or cache is read, so data loading is not timed. Each configuration (torch.compile off /
 on x channels_last off / on x --batch-sizes) runs --warmup-steps, then --steps between two synchronisations.
@@ -115,7 +115,7 @@ def mixed_precision(args) -> str:
 
 def train_config(args, compile_: bool, channels_last: bool, batch: int):
     """The preset with one benchmark configuration's per-device batch, compile and memory format."""
-    from rcdm.train import PRESETS
+    from rcdm.train_config import PRESETS
 
     cfg = PRESETS[args.preset]
     if args.smoke:  # the same architecture and loss, small enough for a CPU
@@ -125,8 +125,8 @@ def train_config(args, compile_: bool, channels_last: bool, batch: int):
 
 
 def build_unet(cfg, dim: int, device: torch.device):
-    """The preset's denoiser, initialised on the device. Built from its UNetConfig, as rcdm.train.build_unet does
-    without a cache (which it reads only for the embedding statistics, set here from synthetic h)."""
+    """The preset's denoiser, initialised on the device. Built from its UNetConfig, as
+    rcdm.training.setup.build_unet does without a cache (which it reads only for the embedding statistics, set here from synthetic h)."""
     from rcdm.model import build_denoiser
 
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def synthetic_batch(cfg, dim: int, device: torch.device):
 
 def loss_flops(cfg, unet, acc, x0, h) -> int:
     """FLOPs of one forward + backward of the training loss, on the eager module (before any compile)."""
-    from rcdm.train import make_loss
+    from rcdm.training.setup import make_loss
 
     loss_fn = make_loss(cfg, unet)
     g = torch.Generator(x0.device).manual_seed(0)
@@ -161,8 +161,10 @@ def loss_flops(cfg, unet, acc, x0, h) -> int:
 
 
 def training_step(cfg, unet, acc, x0, h):
-    """step(i): rcdm.train.train_step then the EMA update, set up as rcdm.train._train sets them up."""
-    from rcdm.train import make_ema, make_loss, make_lr_schedule, make_optimizer, train_step
+    """step(i): rcdm.training.loop.train_step then the EMA update, set up as rcdm.training.loop.prepare sets them up."""
+    from rcdm.training.loop import train_step
+    from rcdm.training.runtime import make_lr_schedule
+    from rcdm.training.setup import make_ema, make_loss, make_optimizer
 
     if cfg.compile:
         unet.compile()  # in place, as training does
@@ -321,7 +323,7 @@ def run(args, device: torch.device, write) -> list[dict]:
     """Every row, in order: the embedding, then the training configurations; `write(rows)` after each."""
     from accelerate import Accelerator
 
-    from rcdm.train import enable_tf32
+    from rcdm.training.runtime import enable_tf32
 
     enable_tf32(device)  # as training does
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(args))
@@ -418,7 +420,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.warmup_steps < 1 or args.steps < 1:
         p.error("--warmup-steps and --steps must be at least 1")
-    from rcdm.train import PRESETS
+    from rcdm.train_config import PRESETS
 
     if args.preset not in PRESETS:
         p.error(f"--preset {args.preset!r} is not one of {', '.join(PRESETS)}")

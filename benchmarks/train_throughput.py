@@ -6,7 +6,7 @@ Reports median img/s (over `--iters` timed steps after 3 warm-up steps) for:
 - cached embeddings vs re-encoding with the frozen encoder every step;
 - fp32 vs bf16 autocast;
 - channels_last on vs off;
-- the real `rcdm.train` loop (data loading, EMA, logging) vs the bare step;
+- the real `rcdm.training.loop` (data loading, EMA, logging) vs the bare step;
 and the FLOP utilisation: UNet GFLOP per image per training step (torch.utils.flop_counter) x img/s, against a
 measured bf16 2048^2 matmul peak.
 """
@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rcdm.encoders import load_encoder
 from rcdm.model import build_denoiser
-from rcdm.train import PRESETS, TrainConfig, make_loss
+from rcdm.train_config import PRESETS, TrainConfig
+from rcdm.training.setup import make_loss
 
 
 def peak_gflops(dtype=torch.bfloat16, n=2048, reps=10) -> float:
@@ -71,8 +72,8 @@ def unet_gflop_per_image(unet, cfg, x, h) -> float:
 
 
 def real_loop_img_s(cfg: TrainConfig, data: str, cache: str, steps: int) -> float:
-    """img/s of `rcdm.train.train` itself, timed between its 5th and last optimizer step."""
-    import rcdm.train as T
+    """img/s of `rcdm.training.loop.train` itself, timed between its 5th and last optimizer step."""
+    import rcdm.training.loop as T
 
     stamps = []
     real = T.train_step

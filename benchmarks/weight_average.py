@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from rcdm.pipeline import relocate_spec
-from rcdm.train import runs_behind
+from rcdm.training.export import runs_behind
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 

@@ -13,6 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import open_dataset
+from .metrics import rank_stats
+from .references import read_references
+from .sampling import Sampling, sample
+
 
 def resolve_spec(eval_data: str, data: str) -> str:
     """The held-out data spec: `eval_data` as given; "auto" means the test split of a training .npz that has one
@@ -50,9 +55,6 @@ class HeldOut:
 
     @classmethod
     def read(cls, spec: str, n: int, encoder, resolution: int) -> "HeldOut":
-        from .data import open_dataset
-        from .references import read_references
-
         ds = open_dataset(spec, "test")
         positions = spread_indices(len(ds), n)
         refs = read_references(torch.utils.data.Subset(ds, positions), len(positions), [encoder], resolution,
@@ -68,9 +70,6 @@ class HeldOut:
     def score(self, pipe, steps: int, seed: int) -> dict:
         """One sample per held-out embedding with the model's recorded sampler at `steps`, re-encoded by the
         pipeline's encoder: rank of the source among the n held-out embeddings (chance (n + 1) / 2) and top-1 %."""
-        from .metrics import rank_stats
-        from .sampling import Sampling, sample
-
         x_hat = sample(pipe, self.h, keys=self.keys.tolist(), run=Sampling(num_inference_steps=steps, seed=seed))
         stats = rank_stats(self.h, pipe.encoder.encode(x_hat))
         return {"heldout_mean_rank": stats["mean"], "heldout_top1_pct": stats["top1_pct"]}

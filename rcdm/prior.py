@@ -15,9 +15,7 @@ loaded with the pipeline when present.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -28,9 +26,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
+from .cache import EmbeddingCache
 from .fsutil import fresh_tmp_dir, replace_dir
+from .metrics import frechet_distance, knn_predict
 from .model import EmbeddingCondition
-from .prior_config import PriorConfig  # torch-free, for the command line's flags; re-exported here
+from .prior_config import PriorConfig  # noqa: F401 (torch-free, for the flags; re-exported here)
 
 PRIOR_DIR = "prior"
 
@@ -146,99 +146,19 @@ class Prior:
         return self.model.unstandardise(z)
 
 
-# ------------------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------------------ objective
 def prior_loss(model: PriorMLP, sched: DDPMScheduler, z0: torch.Tensor, generator) -> torch.Tensor:
-    """eps-MSE on standardised embeddings z0 (B, D), timesteps uniform (Ho et al. 2020, Eq. 14)."""
+    """eps-MSE on standardised embeddings z0 (B, D), timesteps uniform (Ho et al. 2020, Eq. 14); the trainer is
+    `rcdm.training.prior`."""
     t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=generator).to(z0.device)
     noise = torch.randn(z0.shape, generator=generator).to(z0)
     return F.mse_loss(model(sched.add_noise(z0, noise, t), t).float(), noise.float())
-
-
-def train_prior(cfg: PriorConfig, command: str = "", install_into_model: bool = True) -> Path:
-    """Train with Accelerate (EMA, resumable checkpoints, signals as `rcdm train`); returns output_dir/prior, also
-    installed into `cfg.model` if given (`install_into_model=False` leaves that to the caller)."""
-    from diffusers.training_utils import EMAModel
-
-    from .cache import EmbeddingCache
-    from .sampling import seeded_generator
-    from .train import Checkpointer, StopRequest, any_rank, make_accelerator, make_lr_schedule
-
-    cache = EmbeddingCache.load(cfg.cache)
-    feats = cache.embeddings.flatten(0, 1)  # (N * views, D), memory-mapped: each batch is gathered from the file
-    acc = make_accelerator(cfg)
-    torch.manual_seed(cfg.seed)
-    model = PriorMLP(cache.dim, cfg.width, cfg.num_blocks, cfg.dropout)
-    mean, std = cache.embedding_stats()  # stored by `rcdm embed`: no full read of the memory-mapped cache
-    model.set_embedding_stats(mean=mean, std=std)
-    mean, std = model.embedding_mean, model.embedding_std  # std clamped as the model does
-    sched = prior_scheduler()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_sched = make_lr_schedule(opt, cfg, acc.num_processes)
-    model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
-    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
-    ckpt = Checkpointer(acc, cfg)
-    step = ckpt.load(cfg.resume, ema) if cfg.resume else 0
-    losses, t0 = [], time.time()
-    with StopRequest() as request:
-        while step < cfg.max_steps:
-            g = seeded_generator(cfg.seed, step, acc.process_index)  # batch, timesteps and noise: exact resume
-            h = feats[torch.randint(0, len(feats), (cfg.batch_size,), generator=g)]
-            batch = ((h.float() - mean) / std).to(acc.device)  # (B, D) z-scores, = model.standardise(h)
-            with acc.autocast():
-                loss = prior_loss(model, sched, batch, g)
-            acc.backward(loss)
-            opt.step(), lr_sched.step(), opt.zero_grad(set_to_none=True)
-            ema.step(acc.unwrap_model(model).parameters())
-            step += 1
-            losses.append(loss.item())
-            stop = any_rank(acc, request.signal is not None)
-            if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                print(f"step {step}: loss {sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f} "
-                      f"({(time.time() - t0) / 60:.1f} min)", flush=True)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop:
-                ckpt.save(step, ema)
-            if stop:
-                break
-    out = Path(cfg.output_dir) / PRIOR_DIR
-    if acc.is_main_process:
-        final = copy.deepcopy(acc.unwrap_model(model)).float()
-        ema.copy_to(final.parameters())
-        info = {"command": command, "steps": step, "minutes": round((time.time() - t0) / 60, 2),
-                "final_loss": sum(losses[-cfg.log_every:]) / max(1, len(losses[-cfg.log_every:])),
-                "encoder": cache.meta["encoder"], "config": dataclasses.asdict(cfg)}
-        Prior(final, sched).save_pretrained(out, info)
-        if cfg.model and install_into_model:
-            install(out, cfg.model)
-    acc.wait_for_everyone()
-    return out
-
-
-def install(prior_dir, model_dir) -> Path:
-    """Copy a trained prior into an RCDM pipeline directory, refusing one made for another encoder or layer."""
-    import shutil
-
-    from .pipeline import read_meta, resolve_model_path
-
-    path = resolve_model_path(model_dir)
-    info = json.loads((Path(prior_dir) / "prior_info.json").read_text())
-    want, got = read_meta(path)["encoder"], info.get("encoder", {})
-    if (want["layer"], want["dim"]) != (got.get("layer"), got.get("dim")):
-        raise ValueError(f"prior made on {got.get('layer')!r} ({got.get('dim')}-d) embeddings cannot go with "
-                         f"{path}, which is conditioned on {want['layer']!r} ({want['dim']}-d)")
-    tmp = fresh_tmp_dir(path / PRIOR_DIR)
-    shutil.rmtree(tmp)
-    shutil.copytree(prior_dir, tmp)
-    replace_dir(tmp, path / PRIOR_DIR)
-    return path / PRIOR_DIR
 
 
 # ------------------------------------------------------------------------------------------------ measurement
 def evaluate_prior(prior: Prior, cache_path: str, n: int = 2000, seed: int = 0, steps: int = 50) -> dict:
     """FD between n sampled and n real embeddings beside real vs real at the same n, and the kNN class histogram of
     the samples (k=20, cosine, fitted on the cache's labels) against the real class balance."""
-    from .cache import EmbeddingCache
-    from .metrics import frechet_distance, knn_predict
-
     cache = EmbeddingCache.load(cache_path)
     g = torch.Generator().manual_seed(seed)
     real = cache.embeddings[:, 0].float()  # (N, D), one view per image

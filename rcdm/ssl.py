@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from .augment import simclr_views
+from .data import decode_all, open_dataset
 from .encoders.cifar import CIFAR_MEAN, CIFAR_STD, SSLEncoder, cifar_encoder_config
 from .fsutil import fresh_tmp_dir, replace_dir
+from .metrics import knn_predict
+from .sampling import seeded_generator
 from .ssl_config import SSLConfig  # torch-free, for the command line's flags; re-exported here
+from .training.runtime import Cadence, LossWindow, StopRequest, make_accelerator, run_loop
 
 def nt_xent(z1, z2, temperature):
     """SimCLR's NT-Xent loss (Chen et al. 2020, Eq. 1) over 2B views."""
@@ -39,35 +45,35 @@ def _normalize(x01):
 
 
 def train_ssl(cfg: SSLConfig) -> dict:
-    """Train SimCLR for `cfg.minutes`, then report kNN accuracy and save. Returns the report."""
-    from .data import decode_all, open_dataset
+    """Train SimCLR for `cfg.minutes` (or `cfg.max_steps`), then report kNN accuracy and save. Returns the report.
 
+    Runs on the training runtime (rcdm.training.runtime): Accelerate (bf16 autocast; several processes with
+    `accelerate launch`), the loss window and the loop skeleton, so SIGINT/SIGTERM stop after the current step and
+    the encoder trained so far is still saved."""
+    acc = make_accelerator("bf16" if cfg.bf16 else "no", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     images, labels, _, _ = decode_all(open_dataset(cfg.data), "decoding train", cfg.resolution)  # uint8 (N, 3, R, R)
     model = SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out)
     if cfg.init_from:
-        from safetensors.torch import load_file
-
         model.load_state_dict(load_file(str(Path(cfg.init_from) / "model.safetensors")))
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, t0, log = 0, time.time(), []
-    while (frac := _progress(step, time.time() - t0, cfg)) < 1:
-        # Cosine schedule over wall-clock time by default: a shared CPU makes step rates unpredictable.
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = _ssl_step(model, opt, images, cfg)
-        step += 1
-        if step % 50 == 0:
-            log.append({"step": step, "loss": round(loss, 4), "min": round((time.time() - t0) / 60, 2)})
-            print(json.dumps(log[-1]), flush=True)
-    report = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "images_seen": step * cfg.batch_size}
-    if cfg.test_data:
-        report["knn"] = knn_report(model, images, labels, cfg)
-    save_encoder(model, cfg, report)
+    if acc.process_index:  # batches and views come from the global RNG: process 0 draws what one process draws
+        torch.manual_seed(seeded_generator(cfg.seed, acc.process_index).initial_seed())
+    run = SimCLRRun(acc, cfg, *acc.prepare(model, opt), images)
+    with StopRequest() as request:  # the budget is wall-clock time, or steps if they run out first
+        step, _ = run_loop(acc, Cadence(cfg.max_steps or sys.maxsize, max_minutes=cfg.minutes), request, 0, run.step,
+                           run.periodic)
+    model = acc.unwrap_model(run.model)
+    report = {"steps": step, "minutes": round((time.time() - run.t0) / 60, 1),
+              "images_seen": step * cfg.batch_size * acc.num_processes}
+    if acc.is_main_process:
+        if cfg.test_data:
+            report["knn"] = knn_report(model, images, labels, cfg)
+        save_encoder(model, cfg, report)
+    acc.wait_for_everyone()
     return report
 
 
@@ -77,18 +83,43 @@ def _progress(step: int, seconds: float, cfg: SSLConfig) -> float:
     return max(frac, step / cfg.max_steps) if cfg.max_steps else frac
 
 
-def _ssl_step(model, opt, images, cfg):
-    idx = torch.randint(0, len(images), (cfg.batch_size,))
-    x = images[idx].float().div_(255)
-    v1, v2 = (_normalize(simclr_views(x, cfg.resolution)).contiguous(memory_format=torch.channels_last)
-              for _ in range(2))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        z = model(torch.cat([v1, v2]))  # one forward so BatchNorm sees both views
-    loss = nt_xent(*z.float().chunk(2), cfg.temperature)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item()
+@dataclass
+class SimCLRRun:
+    """What the loop does at each step of SimCLR: one optimizer step on two augmented views of a random batch."""
+
+    acc: object
+    cfg: SSLConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    images: torch.Tensor   # uint8 (N, 3, R, R), decoded once
+    t0: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        self.window = LossWindow(self.acc, 0, self.cfg.out)
+
+    def step(self, step: int) -> None:
+        # Cosine schedule over wall-clock time by default: a shared CPU makes step rates unpredictable.
+        cfg, frac = self.cfg, _progress(step, time.time() - self.t0, self.cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
+        x = self.images[torch.randint(0, len(self.images), (cfg.batch_size,))].float().div_(255)
+        v1, v2 = (_normalize(simclr_views(x, cfg.resolution)).contiguous(memory_format=torch.channels_last)
+                  for _ in range(2))
+        with self.acc.autocast():
+            z = self.model(torch.cat([v1, v2]))  # one forward so BatchNorm sees both views
+        loss = nt_xent(*z.float().chunk(2), cfg.temperature)
+        self.opt.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.opt.step()
+        self.window.append(loss)
+
+    def periodic(self, step: int, force: bool) -> None:
+        """Every 50 steps, the mean loss since the last line (the only steps that read it)."""
+        if step % 50 == 0:
+            values = self.window.reduce()
+            self.acc.print(json.dumps({"step": step, "loss": round(sum(values) / len(values), 4),
+                                       "min": round((time.time() - self.t0) / 60, 2)}), flush=True)
+            self.window.clear(step)
 
 
 @torch.no_grad()
@@ -104,15 +135,11 @@ def embed_uint8(fn, images, batch=500, bf16=True):
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, t=0.07):
     """Weighted kNN top-1 (Wu et al. 2018), see `rcdm.metrics.knn_predict`."""
-    from .metrics import knn_predict
-
     return (knn_predict(train_feats, train_labels, test_feats, k, t) == test_labels).float().mean().item()
 
 
 def knn_report(model, train_images, train_labels, cfg):
     """kNN top-1 on the held-out split for backbone and projector, and for the same net with random weights."""
-    from .data import decode_all, open_dataset
-
     test_images, test_labels, _, _ = decode_all(open_dataset(cfg.test_data, "test"), "decoding test", cfg.resolution)
     out = {}
     for name, net in [("trained", model), ("random", SSLEncoder(cfg.width, cfg.proj_hidden, cfg.proj_out))]:
@@ -132,8 +159,6 @@ def save_encoder(model, cfg: SSLConfig, report: dict):
 
     A stint (`init_from`) appends its record to the stints of the encoder it continues, so the saved config keeps
     the whole recipe rather than only the last run."""
-    from safetensors.torch import save_file
-
     dtype = getattr(torch, cfg.save_dtype)
     tmp = fresh_tmp_dir(cfg.out)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous()

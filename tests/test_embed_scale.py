@@ -66,7 +66,8 @@ def test_stored_stats_equal_the_computed_ones_and_training_uses_them(ref):
     torch.testing.assert_close(mean, flat.mean(0), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(std, flat.std(0), rtol=1e-6, atol=0)
     from rcdm.model import UNetConfig
-    from rcdm.train import TrainConfig, build_unet
+    from rcdm.train_config import TrainConfig
+    from rcdm.training.setup import build_unet
 
     unet = build_unet(TrainConfig(unet=UNetConfig(**{**TINY_UNET, "block_out_channels": (16, 32)})), ref.dim, ref)
     assert torch.equal(unet.embedding_mean, mean) and torch.equal(unet.embedding_std, std.clamp_min(1e-6))
@@ -198,7 +199,7 @@ def _pipeline_keeps_the_view(cache, tmp_path, image):
     """Training's encoder takes the cache's view, and so does the pipeline it exports and reloads."""
     from rcdm import RCDMPipeline, RCDMUNet
     from rcdm.schedulers import make_scheduler, training_scheduler
-    from rcdm.train import load_cache_encoder
+    from rcdm.training.setup import load_cache_encoder
 
     encoder = load_cache_encoder(cache)
     unet = RCDMUNet(embedding_dim=encoder.dim, sample_size=32, **TINY_UNET)

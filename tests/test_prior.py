@@ -8,7 +8,8 @@ import torch
 from conftest import make_tiny_pipeline
 from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache
-from rcdm.prior import Prior, PriorConfig, PriorMLP, evaluate_prior, install, train_prior
+from rcdm.prior import Prior, PriorConfig, PriorMLP, evaluate_prior
+from rcdm.training.prior import install, train_prior
 
 MEANS = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 4.0]])
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2])

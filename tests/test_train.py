@@ -21,7 +21,10 @@ from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
 from rcdm.sampling import DEFAULT_SAMPLING
 from rcdm.schedulers import scheduler_name
-from rcdm.train import PRESETS, BatchPlan, TrainConfig, make_lr_schedule, plan_batch, train
+from rcdm.train_config import PRESETS, TrainConfig
+from rcdm.training.data import BatchPlan, plan_batch
+from rcdm.training.loop import train
+from rcdm.training.runtime import make_lr_schedule
 
 TINY = ["--block-out-channels", "16", "32", "--norm-num-groups", "8", "--layers-per-block", "1",
         "--batch-size", "8", "--log-every", "1", "--sample-every", "0", "--warmup-steps", "2"]
@@ -96,7 +99,7 @@ def test_training_logs_the_decayed_lr(tmp_path, tiny_npz, cache_path):
 
 
 def test_sample_grid_rows_span_classes():
-    from rcdm.train import grid_rows
+    from rcdm.training.samples import grid_rows
 
     assert grid_rows(torch.tensor([0, 0, 1, 1, 2, 2]), 4) == [0, 2, 4, 1]  # one per class first
     assert grid_rows(torch.tensor([3, 3, 3]), 2) == [0, 1] and grid_rows(torch.tensor([1, 2, 3]), 2) == [0, 1]
@@ -122,7 +125,28 @@ def test_export_loads_and_samples(tmp_path, tiny_npz, cache_path):
     # A new model records the package's default sampler (DDIM-20, unguided), as its saved scheduler config says.
     assert scheduler_name(pipe.scheduler) == DEFAULT_SAMPLING["scheduler"] == "ddim"
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "DDIMScheduler"
-    assert pipe.sampling_defaults == {"num_inference_steps": 20, "guidance_scale": 1.0}
+    assert {k: pipe.sampling_defaults[k] for k in ("num_inference_steps", "guidance_scale")} == \
+        {"num_inference_steps": 20, "guidance_scale": 1.0}
+
+
+def test_sample_grid_is_what_rcdm_sample_draws(tmp_path, tiny_npz, cache_path):
+    """The grid's samples are `rcdm.sampling.sample` of the grid's embeddings with the run's seed (sample k of row i
+    from (seed, i, k)), so `rcdm sample --seed` of the exported model shows the last grid's images."""
+    from PIL import Image
+
+    from rcdm.images import to_uint8
+    from rcdm.sampling import Sampling, sample
+    from rcdm.training.samples import grid_rows
+
+    out = train(_cfg(tiny_npz, cache_path, tmp_path / "run", max_steps=2, sample_every=2, sample_steps=2, seed=3), "t")
+    cache = EmbeddingCache.load(cache_path)
+    h = cache.embeddings[grid_rows(cache.labels, 8), 0].float()  # no held-out split: the grid shows training items
+    want = to_uint8(sample(RCDMPipeline.from_pretrained(out), h, run=Sampling(num_samples=5, num_inference_steps=2,
+                                                                             seed=3)))  # (8*5, 3, 32, 32)
+    sheet = torch.from_numpy(np.array(Image.open(tmp_path / "run/samples/step-0000002.png"))).permute(2, 0, 1)
+    tile = lambda i, k: sheet[:, 2 + i * 34:34 + i * 34, 2 + (k + 1) * 34:34 + (k + 1) * 34]  # noqa: E731 (pad 2)
+    got = torch.stack([tile(i, k) for i in range(8) for k in range(5)])
+    assert (got.int() - want.int()).abs().max() <= 1  # float round-off at most (the grid is sampled in float32)
 
 
 def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tiny_npz, cache_path):
@@ -143,7 +167,7 @@ def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tin
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_npz, cache_path, monkeypatch):
-    import rcdm.train as T
+    import rcdm.training.loop as T
 
     real = T.make_loss
     calls = {"n": 0}
@@ -241,9 +265,11 @@ SHARD_SCRIPT = """
 import sys, torch
 from accelerate import Accelerator
 from rcdm.cache import EmbeddingCache
-from rcdm.train import TrainConfig, make_accelerator, make_dataloader
+from rcdm.train_config import TrainConfig
+from rcdm.training.data import make_dataloader
+from rcdm.training.runtime import make_accelerator
 cfg = TrainConfig(data=sys.argv[1], cache=sys.argv[2], output_dir=sys.argv[3], batch_size=8)
-acc = make_accelerator(cfg)
+acc = make_accelerator(cfg.mixed_precision, cfg.output_dir, seed=cfg.seed)
 dl = acc.prepare(make_dataloader(cfg, EmbeddingCache.load(cfg.cache)))
 dl.set_epoch(0)
 seen = torch.cat([h for _, h in dl])
@@ -326,7 +352,7 @@ def test_config_layers_preset_yaml_flags(tmp_path):
 
 
 def test_one_command_trains_one_model_per_layer(tmp_path, tiny_npz, tiny_encoder_dir, cache_path):
-    from rcdm.train import per_layer_configs
+    from rcdm.training.loop import per_layer_configs
 
     proj = tmp_path / "proj.safetensors"
     assert cli_main(["embed", "--encoder", f"file:{tiny_encoder_dir}", "--layer", "projector", "--data",
@@ -352,7 +378,7 @@ def test_resume_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_npz, cac
 
 def _signal_at_call(monkeypatch, sig, at):
     """Make the loss send `sig` to this process during its `at`-th call (1-based)."""
-    import rcdm.train as T
+    import rcdm.training.loop as T
 
     real, calls = T.make_loss, {"n": 0}
 

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args, command: str | None = None) -> None:
-    from ..train import per_layer_configs, train
+    from ..training.loop import per_layer_configs, train
     from ..train_config import load_config
 
     cfg = load_config(args.preset, args.config, args)

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from ..config import dataclass_from_args
-    from ..prior import Prior, evaluate_prior, install, train_prior
+    from ..prior import Prior, evaluate_prior
+    from ..training.prior import install, train_prior
 
     cfg = dataclass_from_args(PriorConfig, args)
     if not cfg.cache:

@@ -28,7 +28,8 @@ from .images import to_pil, to_uint8
 from .metrics import (class_agreement, classifier_scores, fd_stats, group_cosine_spread, group_pixel_rms, rank_stats,
                       sample_ranks)
 from .references import ENCODE_CHUNK, References, read_references, train_features
-from .sampling import Sampling, sample_batches, sampling_context
+from .sampling import Sampling, count_unet_rows, sample_batches
+from .viz import image_grid
 
 FORMAT = "rcdm-metrics/1"
 NUM_EXAMPLES = 4  # rows of (input, samples) in the summary figure
@@ -122,7 +123,7 @@ def evaluate(pipe, data: str, num_images: int, run: Sampling | None = None, judg
     n, k = len(refs.indices), run.num_samples
     inception, skipped = InceptionScores.create(inception_weights, refs.thumbs, n * k, pipe.device)
     t1 = time.time()
-    with sampling_context(pipe, run) as count:
+    with count_unet_rows(pipe) as count:
         h_hat, spread, examples, classified = _sample_and_judge(pipe, refs, judge, run, inception, progress, classifier)
     t2 = time.time()
     metrics = {"format": FORMAT, "data": data, "num_images": n, "offset": offset, "model": _model_info(pipe),
@@ -195,8 +196,6 @@ def _class_agreement(train_data, judge, refs: References, h_hat, progress) -> di
 def save_summary(path, metrics: dict, thumbs: torch.Tensor, examples: list[torch.Tensor]) -> None:
     """PNG: the histogram of per-sample ranks beside the first rows of (input, its K samples)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
-
-    from .viz import image_grid
 
     rows = [to_pil(thumbs[i]) + to_pil(group) for i, group in enumerate(examples)]
     r, n = metrics["rank"], metrics["num_images"]

@@ -25,7 +25,7 @@ import torch
 
 from .choices import DEFAULT_SAMPLING  # noqa: F401 - re-exported: rcdm.train reads it here (defined in choices)
 from .choices import RENAMED, warn_renamed
-from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from .schedulers import SCHEDULERS
 
 PRIOR_KEY = 2**31 - 1  # noise key of a prior's draw of embeddings, apart from the input keys 0, 1, ...
 
@@ -122,11 +122,9 @@ def prior_generator(seed: int) -> torch.Generator:
 
 
 @contextmanager
-def sampling_context(pipe, run: Sampling):
-    """For callers that call an `RCDMPipeline` themselves: swap in the run's sampler and silence the per-step bar,
-    restoring both afterwards. Yields a dict whose "rows" counts the samples passed through the UNet (NFE x samples;
-    a guided step counts 2). `sample` needs none of this: it names the run's sampler in every call."""
-    old_scheduler, old_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
+def count_unet_rows(pipe):
+    """Count the samples an `RCDMPipeline`'s UNet sees while the block runs. Yields a dict whose "rows" is NFE x
+    samples (a guided step counts 2): what `evaluate` reports as NFE per sample."""
     count = {"rows": 0}
 
     def hook(module, args, kwargs):
@@ -134,14 +132,9 @@ def sampling_context(pipe, run: Sampling):
 
     handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        if run.scheduler is not None and run.scheduler != scheduler_name(old_scheduler):
-            pipe.scheduler = make_scheduler(run.scheduler, old_scheduler.config)
-        pipe.set_progress_bar_config(**{**old_bar, "disable": True})
         yield count
     finally:
         handle.remove()
-        pipe.scheduler = old_scheduler
-        pipe.set_progress_bar_config(**old_bar)
 
 
 def sample_batches(pipe: Sampler, h: torch.Tensor, keys, run: Sampling, callback=None):

@@ -14,12 +14,7 @@ from rcdm.data import open_dataset
 from rcdm.evaluate import evaluate, read_references
 from rcdm.images import to_uint8
 from rcdm.pipeline import RCDMPipeline, RCDMPipelineOutput
-from rcdm.sampling import sample_generators, sampling_context
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    return RCDMPipeline.from_pretrained(tiny_pipeline_dir)
+from rcdm.sampling import sample_generators
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +164,10 @@ def test_sample_generators_depend_only_on_seed_index_and_sample():
 @pytest.mark.parametrize("name", ["ddim", "ddpm"])  # DDPM also draws fresh noise at every step
 def test_pipeline_samples_do_not_depend_on_batch(pipe, name):
     h = pipe.encode(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-    kw = dict(num_samples=1, num_inference_steps=3, output_type="pt")
-    with sampling_context(pipe, Sampling(scheduler=name)):
-        together = pipe(embeddings=h, generator=sample_generators(0, range(4), 1), **kw).images
-        alone = torch.cat([pipe(embeddings=h[i : i + 1], generator=sample_generators(0, [i], 1), **kw).images
-                           for i in range(4)])
+    kw = dict(num_samples=1, num_inference_steps=3, scheduler=name, output_type="pt")
+    together = pipe(embeddings=h, generator=sample_generators(0, range(4), 1), **kw).images
+    alone = torch.cat([pipe(embeddings=h[i : i + 1], generator=sample_generators(0, [i], 1), **kw).images
+                       for i in range(4)])
     # Same noise by construction; what is left is float round-off of batched convolutions (measured ~1e-6).
     assert (together - alone).abs().max() < 1e-4
 
@@ -221,7 +215,7 @@ def test_evaluate_end_to_end_batch_invariant(pipe, test_spec, train_folder, tmp_
     scheduler_before = type(pipe.scheduler)
     a = evaluate(pipe, test_spec, 8, replace(run, batch_size=2), summary_png=str(tmp_path / "s.png"), **kw)
     b = evaluate(pipe, test_spec, 8, replace(run, batch_size=16), **kw)
-    assert type(pipe.scheduler) is scheduler_before  # the sampler swap is undone
+    assert type(pipe.scheduler) is scheduler_before  # the run names its sampler per call: the pipeline keeps its own
     assert a["per_image"] == b["per_image"] and a["rank"] == b["rank"] and a["class_agreement"] == b["class_agreement"]
     for key in ("fd", "diversity"):
         assert a[key] == pytest.approx(b[key], rel=1e-5)

@@ -10,5 +10,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["rcdm", "rcdm.*"]), "rcdm.pretrained"],
     package_dir={"rcdm.pretrained": "pretrained"},
-    package_data={"rcdm.pretrained": ["**/*"]},
+    package_data={"rcdm.pretrained": ["**/*"], "rcdm.report": ["*.j2"]},
 )

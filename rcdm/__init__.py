@@ -25,7 +25,7 @@ def __getattr__(name):
 
 def load_encoder(*args, **kwargs):
     """See `rcdm.encoders.load_encoder`."""
-    from .encoders import load_encoder as _load
+    from .encoders import load_encoder as _load  # `import rcdm` loads no torch (PEP 562 above)
 
     return _load(*args, **kwargs)
 

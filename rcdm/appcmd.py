@@ -8,7 +8,7 @@ def cmd_app(args) -> None:
         import gradio  # noqa: F401
     except ImportError as e:
         raise ImportError("`rcdm app` needs gradio: pip install 'rcdm[app]'") from e
-    from .app.blocks import launch_app
+    from .app.blocks import launch_app  # gradio: an optional extra, imported only when the app runs
 
     launch_app(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
                max_queue=args.max_queue)

@@ -21,7 +21,7 @@ def load_pipeline(model, device: str = "auto", dtype: str = "float32", scheduler
     """The pipeline for a command: resolved device, denoiser cast to `dtype` (checked before loading)."""
     import torch
 
-    from .pipeline import RCDMPipeline
+    from .pipeline import RCDMPipeline  # torch-free at import: the command line offers DTYPES as choices
 
     device = auto_device(device)
     if dtype == "float16" and torch.device(device).type == "cpu":

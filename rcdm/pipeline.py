@@ -27,6 +27,7 @@ from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .hub import DEFAULT_MODEL, PIPELINE_FILE, resolve_model_path, shipped_models, upload_to_hub  # noqa: F401
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
+from .prior import Prior
 from .resources import pretrained_root  # where shipped models live (re-exported)
 from .choices import DEFAULT_SAMPLING
 from .sampling import prior_generator, sample_generators
@@ -139,8 +140,6 @@ class RCDMPipeline(DiffusionPipeline):
         pipe.spec_base = path
         pipe._steps_guidance = {k: recorded[k] for k in ("num_inference_steps", "guidance_scale")}
         if (path / "prior" / "config.json").is_file():
-            from .prior import Prior
-
             pipe.set_prior(Prior.from_pretrained(path / "prior"))
         return pipe.to(device) if device is not None else pipe
 

@@ -13,7 +13,7 @@ from test_analysis import OraclePipe
 from rcdm import RCDMPipeline
 from rcdm.report import ReportSettings, build_report
 from rcdm.report import sections as S
-from rcdm.report.page import invariance_view
+from rcdm.report.views import invariance_view
 from rcdm.report.settings import AUGMENTATIONS
 
 TINY = ReportSettings.small(num_images=6, samples_per_image=2, sample_images=3, invariance_images=3,

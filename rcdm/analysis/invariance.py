@@ -129,12 +129,14 @@ def _one_model(pipe, images, augmentations, params, run):
              "s_samples_x": statistic(a, samples[0], rep(xr), rep(tr)).mean().item(),
              "s_samples_tx": statistic(a, samples[i + 1], rep(xr), rep(tr)).mean().item()}
         parts[a] = m
-        scores[a] = _score(m)
+        scores[a] = score(m)
     example = ([xr[0]] + [at_resolution(t[:1], r)[0] for t in tx], [samples[i, 0] for i in range(1 + len(tx))])
     return {"scores": scores, "statistics": parts, "num_images": n}, example
 
 
-def _score(m: dict) -> float | None:
+def score(m: dict) -> float | None:
+    """score(t) of the module docstring from the four means s_x, s_tx, s_samples_x, s_samples_tx (keys of `m`);
+    None when t barely changes the input (|s_tx - s_x| < 1e-6)."""
     denom = m["s_tx"] - m["s_x"]
     if abs(denom) < 1e-6:
         return None

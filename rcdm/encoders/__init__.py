@@ -30,10 +30,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .builders import FILE_ARCHS, _build_file, _build_timm, _build_torchvision
-from .hf import _build_hf
+from .builders import FILE_ARCHS, build_file, build_timm, build_torchvision
+from .hf import build_hf
 from .frozen import IMAGENET_MEAN, IMAGENET_PREPROCESS, IMAGENET_STD, EncoderNet, FrozenEncoder, Preprocess
-from .releases import RELEASES, Release, _build_release
+from .releases import RELEASES, Release, build_release
 from .weights import read_weights
 from ..resources import pretrained_root
 
@@ -45,11 +45,11 @@ def _build_pretrained(spec: str, rest: str, base_dir):
     """pretrained:NAME: the shipped encoder NAME, found wherever rcdm is installed (a saved model names it so)."""
     if Path(rest).name != rest:
         raise ValueError(f"{spec}: pretrained:NAME takes the name of a shipped encoder, not a path")
-    return _build_file(spec, str(pretrained_root() / rest), None)
+    return build_file(spec, str(pretrained_root() / rest), None)
 
 
-_SCHEMES: dict[str, Callable] = {"torchvision": _build_torchvision, "timm": _build_timm, "file": _build_file,
-                                 "hf": _build_hf, "pretrained": _build_pretrained}
+_SCHEMES: dict[str, Callable] = {"torchvision": build_torchvision, "timm": build_timm, "file": build_file,
+                                 "hf": build_hf, "pretrained": _build_pretrained}
 _GRAMMAR = ("torchvision:ARCH[@WEIGHTS|@PATH]", "timm:NAME[.TAG][@PATH]", "hf:ORG/NAME[@DIR]", "file:DIR",
             "pretrained:NAME")
 
@@ -62,7 +62,7 @@ def list_encoders() -> list[str]:
 def _build(spec: str, base_dir: Path | None):
     name, _, source = spec.partition("@")
     if name in RELEASES:
-        return _build_release(spec, RELEASES[name], source, base_dir)
+        return build_release(spec, RELEASES[name], source, base_dir)
     scheme, sep, rest = spec.partition(":")
     if sep and rest and scheme in _SCHEMES:
         return _SCHEMES[scheme](spec, rest, base_dir)

@@ -17,7 +17,7 @@ from . import cifar
 from .formats import adapt_cifar_stem, head_from_state, named_from_sequential, split_checkpoint, split_part
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
 from .online import check_url, hub_access, hub_in_cache, torch_hub_file
-from .weights import _download, _load_strict, _resolve_path, _without, import_extra, read_weights
+from .weights import download_weights, drop_prefixes, import_extra, load_strict, read_weights, resolve_weights_path
 
 def _strip_classifier(model: nn.Module, spec: str) -> str:
     """Replace the last nn.Linear (the classifier) by Identity so the model returns the classifier's input."""
@@ -29,7 +29,8 @@ def _strip_classifier(model: nn.Module, spec: str) -> str:
     return linears[-1]
 
 
-def _build_torchvision(spec: str, rest: str, base_dir):
+def build_torchvision(spec: str, rest: str, base_dir):
+    """torchvision:ARCH[@WEIGHTS|@PATH]: the network (random, published weights or a local state dict)."""
     import torchvision.models as tvm
 
     rest, part = split_part(rest)
@@ -51,7 +52,7 @@ def _build_torchvision(spec: str, rest: str, base_dir):
         _no_part(spec, part)
         return EncoderNet(model, random_init=True), IMAGENET_PREPROCESS
     names = ", ".join(enum.__members__)
-    path = _resolve_path(source, base_dir, f"{spec} (not a weights name either: {names})")
+    path = resolve_weights_path(source, base_dir, f"{spec} (not a weights name either: {names})")
     net, preprocess = _load_file(model, read_weights(path), [classifier], spec, path, part)
     return net, preprocess or IMAGENET_PREPROCESS
 
@@ -66,7 +67,7 @@ def _load_file(model: nn.Module, obj, classifiers: list[str], spec: str, path=No
     exactly) from a loaded checkpoint, every key accounted for. The classifier is not the representation: its keys
     may be present or absent."""
     split = split_checkpoint(obj, spec, path, part)
-    trunk = _without(named_from_sequential(split.trunk, model), [c + "." for c in classifiers])
+    trunk = drop_prefixes(named_from_sequential(split.trunk, model), [c + "." for c in classifiers])
     cifar_stem = split.format == "solo-learn" and adapt_cifar_stem(model, trunk)
     try:
         head, why = head_from_state(split.head, spec, split.activation), None
@@ -75,7 +76,7 @@ def _load_file(model: nn.Module, obj, classifiers: list[str], spec: str, path=No
     net = EncoderNet(model, head, no_projector=why)
     state = {f"backbone.{k}": v for k, v in trunk.items()}
     state |= {f"projector.{k}": v for k, v in split.head.items()} if head is not None else {}
-    _load_strict(net, state, f"{spec} ({split.format} layout)")
+    load_strict(net, state, f"{spec} ({split.format} layout)")
     if split.format == "lightly" and not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
         model.fc_norm = nn.Identity()  # lightly's MaskedVisionTransformerTIMM pools without timm's fc_norm
     return net, (solo_learn_preprocess(split.dataset, cifar_stem) if split.format == "solo-learn" else None)
@@ -99,7 +100,7 @@ def solo_learn_preprocess(dataset: str | None, cifar_stem: bool) -> Preprocess:
     return _SOLO_LEARN.get(dataset, IMAGENET_PREPROCESS)
 
 
-def _build_timm(spec: str, rest: str, base_dir):
+def build_timm(spec: str, rest: str, base_dir):
     """timm:NAME (random), timm:NAME.TAG (timm's published weights: HF cache, else download) or timm:NAME[.TAG]@PATH
     (a local file). A tag also selects the preprocessing its weights were trained with (`pretrained_cfg`).
     `#KEY` takes entry KEY of the file (or of the tag's original file), e.g. I-JEPA's "#target_encoder"."""
@@ -112,7 +113,7 @@ def _build_timm(spec: str, rest: str, base_dir):
     if source or part is not None:
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = [classifier] if isinstance(classifier, str) else list(classifier)
-        path = _resolve_path(source, base_dir, spec) if source else None
+        path = resolve_weights_path(source, base_dir, spec) if source else None
         obj = read_weights(path) if path else _tag_file(model.pretrained_cfg, name, part, spec)
         net, own = _load_file(model, obj, classifier, spec, path, part)
         return net, own or _timm_preprocess(timm.data.resolve_data_config({}, model=model))
@@ -124,9 +125,9 @@ def _tag_file(cfg: dict, name: str, part: str, spec: str):
     if "." not in name:
         _no_part(spec, part)
     if cfg.get("file"):
-        return read_weights(_resolve_path(cfg["file"], None, spec))
+        return read_weights(resolve_weights_path(cfg["file"], None, spec))
     if cfg.get("url"):
-        return _download(cfg["url"], spec)
+        return download_weights(cfg["url"], spec)
     raise ValueError(f"{spec}: timm's weights for {name} are a converted state dict on the HF Hub, without "
                      f"entries to pick; pass the original file: timm:{name}@FILE#{part}")
 
@@ -175,8 +176,9 @@ def _timm_preprocess(cfg: dict) -> Preprocess:
 FILE_ARCHS: dict[str, Callable[[dict], nn.Module]] = {"cifar_resnet18": cifar.from_config}
 
 
-def _build_file(spec: str, rest: str, base_dir):
-    path = _resolve_path(rest, base_dir, spec)
+def build_file(spec: str, rest: str, base_dir):
+    """file:DIR | file:PATH: an rcdm-native encoder, config.json beside its weights."""
+    path = resolve_weights_path(rest, base_dir, spec)
     weights = path / "model.safetensors" if path.is_dir() else path
     cfg_path = weights.parent / "config.json"
     for p in (cfg_path, weights):
@@ -189,5 +191,5 @@ def _build_file(spec: str, rest: str, base_dir):
     if cfg.get("arch") not in FILE_ARCHS:
         raise ValueError(f"{spec}: {cfg_path} names arch {cfg.get('arch')!r}; known: {sorted(FILE_ARCHS)}")
     net = FILE_ARCHS[cfg["arch"]](cfg)
-    _load_strict(net, read_weights(weights), spec)
+    load_strict(net, read_weights(weights), spec)
     return net, Preprocess.from_dict(cfg["preprocess"])

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .releases import build_head
+
 _LIGHTLY_MARKERS = ("projection_head.", "backbone_momentum.", "projection_head_momentum.", "backbone.vit.",
                     "backbone.mask_token", "teacher_backbone.", "student_backbone.")
 _MAE_DECODER = ("decoder_", "mask_token")
@@ -165,12 +167,10 @@ def head_from_state(head: dict, spec: str, activation: str = "relu") -> nn.Seque
     if not all(i.isdigit() for i in indices):
         raise ValueError(f"{spec}: the head's keys are not an nn.Sequential's ({sorted(head)[:4]}); load the "
                          "'backbone' layer with a file that holds only the trunk")
-    from .releases import _build_head  # releases imports builders, which imports this module
-
     layout = _layout(head, spec)
     if "R" in layout and activation not in ("relu", "gelu"):
         raise ValueError(f"{spec}: the checkpoint's projector cannot be rebuilt exactly: {activation}")
-    return _build_head(layout.replace("R", "G" if activation == "gelu" else "R"), head, spec)
+    return build_head(layout.replace("R", "G" if activation == "gelu" else "R"), head, spec)
 
 
 def _layout_or_none(head: dict) -> str | None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..data import open_image
 from ..images import INTERPOLATIONS, pil_to_uint8, resize_center_crop, resize_squash
 from .vit import pool_tokens, resolve_vit_layer, token_layout
 
@@ -177,8 +178,6 @@ class FrozenEncoder(nn.Module):
             yield torch.stack([self._load_image(img) for img in images[i : i + batch_size]])
 
     def _load_image(self, img) -> torch.Tensor:  # -> uint8 (3, crop, crop)
-        from ..data import open_image
-
         return self.preprocess.apply(pil_to_uint8(open_image(img)))
 
     def config(self) -> dict:

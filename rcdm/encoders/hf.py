@@ -22,7 +22,7 @@ import torch.nn as nn
 from .frozen import IMAGENET_MEAN, IMAGENET_STD, EncoderNet, Preprocess
 from .vit import TokenLayout, pool_tokens
 from .online import hub_access, hub_in_cache
-from .weights import _few, _first_line, _resolve_path, _sniff, import_extra
+from .weights import few_keys, first_line, import_extra, resolve_weights_path, sniff
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,12 @@ def _blocks_path(model: nn.Module) -> str:
     return paths[0]
 
 
-def _build_hf(spec: str, rest: str, base_dir):
+def build_hf(spec: str, rest: str, base_dir):
+    """hf:ORG/NAME[@DIR]: a transformers vision model from the HF cache, the Hub or a save_pretrained directory."""
     transformers = import_extra("transformers", "hf")
     repo, _, local = rest.partition("@")
     if local:
-        source = str(_check_dir(_resolve_path(local, base_dir, spec), spec))
+        source = str(_check_dir(resolve_weights_path(local, base_dir, spec), spec))
         access = nullcontext()
     else:
         source = repo
@@ -145,12 +146,12 @@ def _check_dir(path: Path, spec: str) -> Path:
 def _check_weights_file(f: Path) -> None:
     from safetensors import safe_open
 
-    if _sniff(f) == "safetensors":
+    if sniff(f) == "safetensors":
         try:
             with safe_open(str(f), "pt"):
                 pass
         except Exception as e:  # SafetensorError
-            raise ValueError(f"{f}: a safetensors file that cannot be read ({_first_line(e)}); it is probably "
+            raise ValueError(f"{f}: a safetensors file that cannot be read ({first_line(e)}); it is probably "
                              "truncated: download or save it again") from None
 
 
@@ -170,11 +171,11 @@ def _fetch(spec: str, source: str, load):
     try:
         return load()
     except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{spec}: transformers cannot read {source!r}: {_first_line(e)}") from None
+        raise ValueError(f"{spec}: transformers cannot read {source!r}: {first_line(e)}") from None
     except Exception as e:  # safetensors' SafetensorError (a cut file in the HF cache), and the like
         if type(e).__name__ != "SafetensorError":
             raise
-        raise ValueError(f"{spec}: a weights file of {source!r} cannot be read ({_first_line(e)}); it is "
+        raise ValueError(f"{spec}: a weights file of {source!r} cannot be read ({first_line(e)}); it is "
                          "probably truncated: download it again") from None
 
 
@@ -188,7 +189,7 @@ def _check_loaded(info: dict, family: _Family, spec: str):
         raise ValueError(f"{spec}: {len(wrong)} tensors do not fit {family.cls} as config.json describes it, e.g. "
                          f"{'; '.join(sorted(wrong)[:2])}. Do config.json and the weights belong together?")
     if missing:
-        raise ValueError(f"{spec}: checkpoint does not fill {family.cls}; missing {_few(missing)}. Is it the model "
+        raise ValueError(f"{spec}: checkpoint does not fill {family.cls}; missing {few_keys(missing)}. Is it the model "
                          "the config names?")
 
 

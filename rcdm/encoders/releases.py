@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .frozen import IMAGENET_PREPROCESS, EncoderNet, Preprocess
-from .weights import _download, _load_strict, _resolve_path, import_extra, read_weights
+from .weights import download_weights, import_extra, load_strict, read_weights, resolve_weights_path
 
 def _resnet50_trunk() -> nn.Module:
     import torchvision
@@ -35,7 +35,8 @@ _HEAD_LAYERS: dict[str, Callable[[dict, int], nn.Module]] = {
 }
 
 
-def _build_head(layout: str, state: dict, spec: str) -> nn.Sequential:
+def build_head(layout: str, state: dict, spec: str) -> nn.Sequential:
+    """The projector head a release `layout` describes (one letter per layer), built from `state`'s tensors."""
     try:
         return nn.Sequential(*[_HEAD_LAYERS[c](state, i) for i, c in enumerate(layout)])
     except ValueError as e:
@@ -155,15 +156,16 @@ def _rename(key: str, renames) -> str:
     return key
 
 
-def _build_release(spec: str, rel: Release, source: str, base_dir):
-    obj = read_weights(_resolve_path(source, base_dir, spec)) if source else _download(rel.url, spec)
+def build_release(spec: str, rel: Release, source: str, base_dir):
+    """An official SSL release `rel`: its file (`source`, else downloaded), unwrapped and loaded strictly."""
+    obj = read_weights(resolve_weights_path(source, base_dir, spec)) if source else download_weights(rel.url, spec)
     state = _unwrap(obj, rel.unwrap)
     if not isinstance(state, dict):
         raise ValueError(f"{spec}: expected a state dict under {'/'.join(rel.unwrap)}, found {type(state).__name__}")
     trunk, head = _split(_flatten(state), rel)
     with torch.device("meta"):  # the strict load below overwrites every tensor: skip the random init
-        net = EncoderNet(rel.trunk(), _build_head(rel.head_layout, head, spec) if head else None)
+        net = EncoderNet(rel.trunk(), build_head(rel.head_layout, head, spec) if head else None)
     net = net.to_empty(device="cpu")
     full = {f"backbone.{k}": v for k, v in trunk.items()} | {f"projector.{k}": v for k, v in head.items()}
-    _load_strict(net, full, spec)
+    load_strict(net, full, spec)
     return net, rel.preprocess

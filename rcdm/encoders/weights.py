@@ -12,6 +12,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .online import check_url, torch_hub_file
+
+
 def _training_filter_stand_in(p):
     """Stands in for `exclude_bias_and_norm`, which the VICReg and Barlow Twins training scripts pickle (as
     `__main__.exclude_bias_and_norm`) inside their full checkpoints' optimizer state. Only tensors are used."""
@@ -50,7 +53,7 @@ def _pickle_error_detail(e: Exception) -> str:
     return ((named or lines or [type(e).__name__])[0])[:300]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """An exception's first sentence, on one short line (some have none: an EOFError from an empty pickle)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return (lines[0].split(". ")[0].rstrip(".")[:200] if lines else "") or type(e).__name__
@@ -68,22 +71,22 @@ def read_weights(path: Path):
     """A safetensors file, or a torch pickle loaded with weights_only=True, told apart by their first bytes. An
     empty, cut-short or foreign file is a one-line ValueError that names it."""
     path = Path(path)
-    if _sniff(path) == "safetensors":
+    if sniff(path) == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as e:  # SafetensorError: header too small / too large / file not fully covered
-            raise ValueError(f"{path}: a safetensors file that cannot be read ({_first_line(e)}); it is probably "
+            raise ValueError(f"{path}: a safetensors file that cannot be read ({first_line(e)}); it is probably "
                              "truncated: download or save it again") from None
     try:
         return _safe_load(partial(torch.load, path), path)
     except (RuntimeError, OSError, EOFError, KeyError, IndexError) as e:  # a cut zip or pickle
-        raise ValueError(f"{path}: a PyTorch checkpoint that cannot be read ({_first_line(e)}); it is probably "
+        raise ValueError(f"{path}: a PyTorch checkpoint that cannot be read ({first_line(e)}); it is probably "
                          "truncated: download or save it again") from None
 
 
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     """'torch' (a zip archive, or a pickle: protocol 2+ starts with 0x80) or 'safetensors' (an 8-byte header
     length, then a JSON header)."""
     size = path.stat().st_size
@@ -102,16 +105,15 @@ def _sniff(path: Path) -> str:
                      "saved again")
 
 
-def _download(url: str, spec: str):
+def download_weights(url: str, spec: str):
     """A public checkpoint through torch hub's cache; offline and not cached: one line at once."""
-    from .online import check_url, torch_hub_file
-
     name, _, _ = spec.partition("@")
     check_url(spec, url, torch_hub_file(url), f"use {name}@FILE (or put it in that cache)")
     return _safe_load(partial(torch.hub.load_state_dict_from_url, url), url)
 
 
-def _resolve_path(p: str, base_dir: Path | None, spec: str) -> Path:
+def resolve_weights_path(p: str, base_dir: Path | None, spec: str) -> Path:
+    """A weights path of a spec: `~` expanded, relative to `base_dir` (else the working directory), and present."""
     path = Path(p).expanduser()
     path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
     if not path.exists():
@@ -119,7 +121,7 @@ def _resolve_path(p: str, base_dir: Path | None, spec: str) -> Path:
     return path
 
 
-def _load_strict(net: nn.Module, state: dict, spec: str):
+def load_strict(net: nn.Module, state: dict, spec: str):
     """load_state_dict with every key accounted for and every shape checked, failing in one line that names a few
     offending keys (torch's own report lists every mismatch: up to hundreds of lines)."""
     own = net.state_dict()
@@ -131,13 +133,15 @@ def _load_strict(net: nn.Module, state: dict, spec: str):
     res = net.load_state_dict(state, strict=False)  # strict=False only to report both lists ourselves
     if res.missing_keys or res.unexpected_keys:
         raise ValueError(f"{spec}: checkpoint keys do not match the expected layout; "
-                         f"missing {_few(res.missing_keys)}, unexpected {_few(res.unexpected_keys)}")
+                         f"missing {few_keys(res.missing_keys)}, unexpected {few_keys(res.unexpected_keys)}")
 
 
-def _few(keys, n=4):
+def few_keys(keys, n=4):
+    """The first `n` keys, and how many more there are: for one-line error messages."""
     keys = list(keys)
     return f"{keys[:n]}{f' (+{len(keys) - n} more)' if len(keys) > n else ''}"
 
 
-def _without(state: dict, prefixes) -> dict:
+def drop_prefixes(state: dict, prefixes) -> dict:
+    """`state` without the keys that start with any of `prefixes`."""
     return {k: v for k, v in state.items() if not k.startswith(tuple(prefixes))}

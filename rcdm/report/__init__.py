@@ -5,7 +5,8 @@
 
 Layout: `settings` (what is measured, and on what), `sections` (each section: the measurement, from rcdm.evaluate
 and rcdm.analysis, plus intervals), `stats` (bootstrap and Wilson intervals), `store` (finished sections on disk,
-atomic writes, the progress bar), `page` (report.json and index.html), `build` (the run). The command
+atomic writes, the progress bar), `views` (rows and sentences per section), `page` (report.json, and index.html
+from the Jinja2 template index.html.j2), `build` (the run). The command
 `rcdm report` is rcdm.cli.report.
 """
 _LAZY = {"build_report": "build", "ReportSettings": "settings", "inline_html": "page"}

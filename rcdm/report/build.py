@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import __version__
 from . import sections as S
 from .page import write_report
 from .settings import AUGMENTATIONS, ReportSettings
@@ -30,8 +31,6 @@ COMMON = ("seed", "steps", "scheduler", "guidance")
 
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
 
     out = {"rcdm": __version__, "python": platform.python_version()}
     for pkg in ("torch", "diffusers", "numpy", "matplotlib"):

@@ -11,7 +11,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .settings import ReportSettings
+from ..analysis import compare, interpolate, manipulate, spread
+from ..analysis import invariance as run_invariance
+from ..analysis import memorization as run_memorization
+from ..analysis.common import read_images
+from ..analysis.invariance import score as analysis_score  # the analysis' own formula: the two never disagree
+from ..cache import EmbeddingCache
+from ..data import open_dataset
+from ..evaluate import evaluate
+from ..judge import load_judge
+from ..references import read_references
+from .settings import ReportSettings, train_split
 from .stats import bootstrap, wilson
 
 INVARIANCE_KEYS = ("s_x", "s_tx", "s_samples_x", "s_samples_tx")  # rcdm.analysis.invariance statistics
@@ -51,9 +61,6 @@ class Inputs:
 
 
 def read_inputs(data: str, s: ReportSettings) -> Inputs:
-    from ..analysis.common import read_images
-    from .settings import train_split
-
     n = max(100, s.sample_images, s.invariance_images, s.memorization_images, s.compare_images) * 2
     images, labels = read_images(data, n, "test")
     if len(images) < 2:
@@ -79,9 +86,6 @@ def make_bank(pipe, inputs: Inputs, s: ReportSettings, cache_path: Path) -> Bank
     """Embed `bank_size` train items after the ones memorization tests (so those stay out of the bank) and write
     them as an `rcdm embed`-style cache (what `evaluate` reads). Without a labelled train split: test items, for
     the manipulation's neighbours only."""
-    from ..data import open_dataset
-    from ..evaluate import read_references
-
     if inputs.train_spec is None:
         refs = read_references(open_dataset(inputs.data, "test"), s.bank_size, [pipe.encoder], progress=False)
         bank = Bank(refs.feats[0], None, None, f"{len(refs.indices)} test images (no train split)", inputs.no_train)
@@ -103,8 +107,6 @@ def make_bank(pipe, inputs: Inputs, s: ReportSettings, cache_path: Path) -> Bank
 
 
 def _save_bank(bank: Bank, indices, labels, pipe, data: str, path: Path) -> None:
-    from ..cache import EmbeddingCache
-
     meta = {"encoder": pipe.encoder.config(), "data": data, "views": ["identity"], "note": "rcdm report bank",
             "source": bank.source, "why_not": bank.why_not, "labelled": bank.labels is not None}
     EmbeddingCache(bank.feats[:, None].contiguous(), indices, labels, meta).save(path)
@@ -112,8 +114,6 @@ def _save_bank(bank: Bank, indices, labels, pipe, data: str, path: Path) -> None
 
 def load_bank(path: Path) -> Bank:
     """A bank `make_bank` wrote."""
-    from ..cache import EmbeddingCache
-
     c = EmbeddingCache.load(path)
     labelled = c.meta["labelled"]
     return Bank(c.embeddings[:, 0].float(), c.labels if labelled else None, str(path) if labelled else None,
@@ -124,9 +124,6 @@ def load_bank(path: Path) -> Bank:
 def fidelity(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
     """`rcdm.evaluate.evaluate` on the first `num_images` test items, with bootstrap intervals over images for
     the rank numbers and Wilson intervals (n = images) for the class agreement."""
-    from ..evaluate import evaluate
-    from ..judge import load_judge
-
     judge = load_judge(s.classifier, pipe.device) if s.classifier else None
     with tempfile.TemporaryDirectory() as d:
         png = Path(d) / "summary.png"
@@ -155,8 +152,6 @@ def fidelity(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
 
 def samples(pipe, inputs: Inputs, s: ReportSettings):
     """`rcdm.analysis.spread` on the class-balanced inputs: each input, its K samples and their std map."""
-    from ..analysis import spread
-
     res = spread(pipe, inputs.pick(s.sample_images), s.sampling(s.sample_k))
     per = res.numbers["per_image_pixel_std"]
     res.numbers["mean_pixel_std_ci"] = bootstrap(lambda r: r.mean(), per, s.bootstrap, s.seed)
@@ -168,8 +163,6 @@ def invariance(pipe, inputs: Inputs, s: ReportSettings, augmentations):
     """`rcdm.analysis.invariance`, one image per call so that each image's statistics are kept: the score is the
     analysis' ratio of means over images (its docstring), and the bootstrap resamples images. Image j is sampled
     with seed `seed * 1000003 + j` (one call holds one image, so the seed, not the noise key, tells images apart)."""
-    from ..analysis import invariance as run_invariance
-
     per = {a: [] for a in augmentations}
     example = None
     for j, img in enumerate(inputs.pick(s.invariance_images)):
@@ -187,11 +180,7 @@ def invariance(pipe, inputs: Inputs, s: ReportSettings, augmentations):
 
 def invariance_score(means) -> float | None:
     """The score of rcdm.analysis.invariance from the four means (s_x, s_tx, s_samples_x, s_samples_tx)."""
-    from ..analysis.invariance import (
-        _score,  # the analysis' own formula, so the two can never disagree
-    )
-
-    return _score(dict(zip(INVARIANCE_KEYS, (float(v) for v in means))))
+    return analysis_score(dict(zip(INVARIANCE_KEYS, (float(v) for v in means))))
 
 
 def _nan(v):
@@ -200,8 +189,6 @@ def _nan(v):
 
 def interpolation(pipe, inputs: Inputs, s: ReportSettings):
     """`rcdm.analysis.interpolate` (lerp) between the first two class-balanced inputs, one sample per point."""
-    from ..analysis import interpolate
-
     a, b = inputs.pick(2)
     res = interpolate(pipe, a, b, s.interpolation_points, modes=("lerp",), run=s.sampling(1))
     res.numbers["labels"] = inputs.pick_labels(2).tolist()
@@ -210,8 +197,6 @@ def interpolation(pipe, inputs: Inputs, s: ReportSettings):
 
 def manipulation(pipe, inputs: Inputs, bank: Bank, s: ReportSettings, k: int = 10):
     """`rcdm.analysis.manipulate` with the first two class-balanced inputs as source and target."""
-    from ..analysis import manipulate
-
     src, tgt = inputs.pick(2)
     res = manipulate(pipe, src, tgt, bank.feats, k=min(k, len(bank.feats) - 1), run=s.sampling(s.manipulation_k))
     res.numbers["bank"] = bank.source
@@ -221,8 +206,6 @@ def manipulation(pipe, inputs: Inputs, bank: Bank, s: ReportSettings, k: int = 1
 def memorization(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
     """`rcdm.analysis.memorization` (Déjà vu) on the first train items vs the class-balanced test inputs, with
     Wilson intervals (n = images) for every fraction. Returns ({"skipped": why}, {}) when it cannot run."""
-    from ..analysis import memorization as run_memorization
-
     if bank.labels is None or bank.path is None:
         return {"skipped": bank.why_not or "no labelled train bank"}, {}
     n = len(inputs.train_images)
@@ -238,8 +221,6 @@ def memorization(pipe, inputs: Inputs, bank: Bank, s: ReportSettings):
 
 def comparison(pipes: dict, inputs: Inputs, s: ReportSettings):
     """`rcdm.analysis.compare` on the first class-balanced inputs: every model on the same images and noise."""
-    from ..analysis import compare
-
     if len(pipes) < 2:
         return {"skipped": "the comparison needs at least two models (give several --model)"}, {}
     res = compare(pipes, inputs.pick(s.compare_images), s.sampling(s.compare_k))

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..choices import AUGMENTATIONS  # noqa: F401 (the report's invariance profile tests every one)
+from ..choices import AUGMENTATIONS  # noqa: F401 (re-exported: the report's invariance profile tests every one)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ReportSettings:
 
     def sampling(self, k: int, seed: int | None = None):
         """The sampling spec of a section with K = k samples per input."""
-        from ..sampling import Sampling
+        from ..sampling import Sampling  # torch-free at import: `rcdm report --help` reads these settings
 
         return Sampling(num_samples=k, num_inference_steps=self.steps, scheduler=self.scheduler,
                         guidance_scale=self.guidance, seed=self.seed if seed is None else seed,
@@ -63,7 +63,7 @@ class ReportSettings:
 
 def parse_models(specs) -> dict[str, str]:
     """NAME=PATH or PATH (named by its directory) -> {name: path}, in order; None = the shipped default."""
-    from ..pipeline import DEFAULT_MODEL
+    from ..hub import DEFAULT_MODEL  # torch-free at import: `rcdm report --help` reads these settings
 
     out = {}
     for spec in specs or [DEFAULT_MODEL]:
@@ -79,7 +79,7 @@ def parse_models(specs) -> dict[str, str]:
 def train_split(data: str) -> tuple[str | None, str]:
     """(data spec of the train split, "") or (None, why there is none). The test split is what `data` names
     (a bare .npz: its test split); the train split is the same source's `train`."""
-    from ..data import open_dataset
+    from ..data import open_dataset  # torch-free at import: `rcdm report --help` reads these settings
 
     if data.startswith("torchvision:"):
         spec = ":".join(data.split(":")[:3] + ["train"])

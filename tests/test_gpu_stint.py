@@ -66,3 +66,15 @@ def test_gpu_stint_smoke_leaves_what_a_remote_machine_can_send_back(tmp_path):
     assert (pipe.unet.config.align_dim > 0) == (best == "repa")
     with tarfile.open(out / "results.tar.gz") as tar:
         assert {"./scores.jsonl", "./log.txt", "./plain/losses.jsonl", "./repa/losses.jsonl"} <= set(tar.getnames())
+
+
+def test_unpack_can_rename_the_encoder_spec_and_the_fingerprint_still_guards_it(tiny_pipeline_dir, tmp_path):
+    pack(tiny_pipeline_dir, tmp_path / "packed")
+    enc_dir = Path(tiny_pipeline_dir) / "encoder"  # save_pretrained copied the tiny encoder in
+    dest = unpack(tmp_path / "packed", tmp_path / "renamed", encoder_spec=f"file:{enc_dir.resolve()}")
+    meta = json.loads((dest / "rcdm_pipeline.json").read_text())
+    assert meta["encoder"]["spec"] == f"file:{enc_dir.resolve()}"
+    assert RCDMPipeline.from_pretrained(dest).encoder.dim == meta["encoder"]["dim"]
+    wrong = unpack(tmp_path / "packed", tmp_path / "wrong", encoder_spec="pretrained:simclr-cifar10-r18w32")
+    with pytest.raises(ValueError, match="fingerprint|expects|dim"):
+        RCDMPipeline.from_pretrained(wrong)

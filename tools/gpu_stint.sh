@@ -5,7 +5,7 @@
 #     judge/config.json, judge/model.safetensors      the judge (fp16)
 #     cand/pipeline-0000{1,2}-of-00002.safetensors    the better candidate on the choosing images, packed
 #     results.tar.gz                                  log, scores.jsonl, losses, configs, the throughput probe
-# Afterwards, here: `python tools/pack_pipeline.py unpack OUT/cand pretrained/NAME` gives a pipeline directory.
+# Afterwards, here: `python tools/pack_pipeline.py unpack OUT/cand runs/NAME` gives a pipeline directory.
 #
 #     bash tools/gpu_stint.sh                                   # on the GPU machine (device tool: carry .device)
 #     SMOKE=1 OUT=/tmp/o DATA=tests/data/cifar10_small.npz bash tools/gpu_stint.sh   # the same path, tiny, on CPU
@@ -50,7 +50,7 @@ say "judge: training"
 $PY tools/train_judge.py --data "$DATA" --out "$WORK/judge" --device "$DEVICE" "${JUDGE[@]}" > "$WORK/judge.log" 2>&1 &
 JUDGE_PID=$!
 say "embed: backbone of the shipped encoder, train split"
-rcdm embed --encoder file:pretrained/simclr-cifar10-r18w32 --layer backbone --data "$DATA:train" \
+rcdm embed --encoder pretrained:simclr-cifar10-r18w32 --layer backbone --data "$DATA:train" \
     --out "$WORK/emb-backbone.safetensors" --batch-size 1000 --device "$DEVICE" 2>&1 | tail -n 3 | tee -a "$LOG"
 
 # 2. two candidates: the current recipe (v-prediction, uniform weights, mean decoder, EMA) 1.5x wider, +/- REPA

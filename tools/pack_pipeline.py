@@ -1,7 +1,7 @@
 """Pack a pipeline directory into a few bounded safetensors files, and unpack them back into a pipeline directory.
 
     python tools/pack_pipeline.py pack runs/x/pipeline out/ --max-mib 15      # -> out/pipeline-0000{1,2}-of-00002...
-    python tools/pack_pipeline.py unpack out/ pretrained/candidate             # -> a directory from_pretrained loads
+    python tools/pack_pipeline.py unpack out/ runs/candidate                   # -> a directory from_pretrained loads
 
 For carrying a trained model back from a machine whose file transfer is capped in count and size (a lent GPU, a
 job's artifact store). Tensors are split over shards of at most --max-mib each (a tensor is never cut); the first
@@ -51,8 +51,9 @@ def pack(src, out, max_mib: float = 15.0, prefix: str = "pipeline") -> list[Path
     return paths
 
 
-def unpack(src, dest, prefix: str = "pipeline") -> Path:
-    """Rebuild the directory packed into `src`; refuses an incomplete set of shards."""
+def unpack(src, dest, prefix: str = "pipeline", encoder_spec: str | None = None) -> Path:
+    """Rebuild the directory packed into `src`; refuses an incomplete set of shards. `encoder_spec` replaces the
+    recorded encoder spec (a `file:` path that named the encoder on the machine that trained it, say)."""
     src, dest = Path(src), Path(dest)
     shards = sorted(src.glob(f"{prefix}-*-of-*.safetensors"))
     if not shards:
@@ -67,6 +68,10 @@ def unpack(src, dest, prefix: str = "pipeline") -> Path:
         for key, t in load_file(str(shard)).items():
             rel, name = key.split("::", 1)
             files.setdefault(rel, {})[name] = t
+    if encoder_spec:
+        meta = json.loads(texts["rcdm_pipeline.json"])
+        meta["encoder"]["spec"] = encoder_spec  # the fingerprint still checks that it names the same weights
+        texts["rcdm_pipeline.json"] = json.dumps(meta, indent=2) + "\n"
     for rel, text in texts.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_text(text)
@@ -88,12 +93,14 @@ def main(argv=None) -> None:
     b.add_argument("src", help="folder holding the shards")
     b.add_argument("dest", help="directory to write")
     b.add_argument("--prefix", default="pipeline", help="shard file prefix (default: pipeline)")
+    b.add_argument("--encoder-spec", default=None,
+                   help="record this encoder spec instead, e.g. pretrained:simclr-cifar10-r18w32 (default: keep)")
     args = p.parse_args(argv)
     if args.cmd == "pack":
         for path in pack(args.src, args.out, args.max_mib, args.prefix):
             print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     else:
-        print(f"unpacked to {unpack(args.src, args.dest, args.prefix)}")
+        print(f"unpacked to {unpack(args.src, args.dest, args.prefix, args.encoder_spec)}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ def tiny_pipeline_dir(tmp_path_factory, tiny_encoder_dir):
     return make_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny-rcdm", tiny_encoder_dir)
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    """The tiny pipeline, loaded once per test module (a module may swap its scheduler or dtype), without a bar."""
+    from rcdm import RCDMPipeline
+
+    p = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
 @pytest.fixture(scope="session")
 def cifar_test_images(cifar_npz):
     """The first 16 CIFAR-10 test images as PIL (class-balanced prefix), with their labels."""

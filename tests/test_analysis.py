@@ -42,11 +42,6 @@ class OraclePipe:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    return RCDMPipeline.from_pretrained(tiny_pipeline_dir)
-
-
-@pytest.fixture(scope="module")
 def proj_dir(tmp_path_factory, tiny_encoder_dir):
     return make_tiny_pipeline(tmp_path_factory.mktemp("proj") / "tiny-proj", tiny_encoder_dir, layer="projector")
 

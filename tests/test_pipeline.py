@@ -12,13 +12,6 @@ from rcdm.data import ImageError, open_image
 from rcdm.schedulers import SCHEDULERS, make_scheduler, scheduler_name, training_scheduler
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_pipeline_dir):
-    p = RCDMPipeline.from_pretrained(tiny_pipeline_dir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

@@ -14,7 +14,7 @@ from rcdm import RCDMPipeline
 from rcdm.report import ReportSettings, build_report
 from rcdm.report import sections as S
 from rcdm.report.views import invariance_view
-from rcdm.report.settings import AUGMENTATIONS
+from rcdm.choices import AUGMENTATIONS
 
 TINY = ReportSettings.small(num_images=6, samples_per_image=2, sample_images=3, invariance_images=3,
                             memorization_images=3, compare_images=2, bank_size=60, bootstrap=50, steps=1,

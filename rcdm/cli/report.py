@@ -5,7 +5,8 @@ import argparse
 import shlex
 import sys
 
-from ..report.settings import AUGMENTATIONS, ReportSettings
+from ..choices import AUGMENTATIONS
+from ..report.settings import ReportSettings
 from .flags import add_model_flag, add_sampling_flags, set_default
 
 DESCRIPTION = """Write DIR/index.html (one static page: open it from disk), its figures as PNG and DIR/report.json

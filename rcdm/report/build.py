@@ -9,9 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
+from ..choices import AUGMENTATIONS
 from . import sections as S
 from .page import write_report
-from .settings import AUGMENTATIONS, ReportSettings
+from .settings import ReportSettings
 from .store import Progress, Store
 
 # Settings each section depends on: a rerun recomputes a section only when one of these (or the model, the data,

@@ -5,8 +5,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..choices import AUGMENTATIONS  # noqa: F401 (re-exported: the report's invariance profile tests every one)
-
 
 @dataclass(frozen=True)
 class ReportSettings:

@@ -28,7 +28,9 @@ class PriorConfig:
     checkpoint_every: int = field(default=1000, metadata={"help": "resumable checkpoint every N steps"})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "keep at most this many checkpoints"})
     resume: str = field(default="", metadata={"help": "'latest' or a checkpoint directory"})
-    log_every: int = field(default=100, metadata={"help": "log the loss every N steps"})
+    log_every: int = field(default=100, metadata={"help": "log the loss every N steps (the only steps that read it)"})
+    sync_every: int = field(default=10, metadata={"help": "agree signals across processes every N steps (a single "
+                                                          "process checks every step)"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)",
                                                            "choices": ["no", "bf16", "fp16"]})
     grad_accum: int = field(default=1, metadata={"cli": False})  # what the shared Accelerator setup reads

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast
 from safetensors.torch import load_file, save_file
 
 from .augment import simclr_views
@@ -63,9 +64,10 @@ def train_ssl(cfg: SSLConfig) -> dict:
     if acc.process_index:  # batches and views come from the global RNG: process 0 draws what one process draws
         torch.manual_seed(seeded_generator(cfg.seed, acc.process_index).initial_seed())
     run = SimCLRRun(acc, cfg, *acc.prepare(model, opt), images)
-    with StopRequest() as request:  # the budget is wall-clock time, or steps if they run out first
-        step, _ = run_loop(acc, Cadence(cfg.max_steps or sys.maxsize, max_minutes=cfg.minutes), request, 0, run.step,
-                           run.periodic)
+    # The budget is wall-clock time, or steps if they run out first; several processes agree on it every 10 steps.
+    cadence = Cadence(cfg.max_steps or sys.maxsize, sync_every=10, max_minutes=cfg.minutes)
+    with StopRequest() as request:
+        step, _ = run_loop(acc, cadence, request, 0, run.step, run.periodic)
     model = acc.unwrap_model(run.model)
     report = {"steps": step, "minutes": round((time.time() - run.t0) / 60, 1),
               "images_seen": step * cfg.batch_size * acc.num_processes}
@@ -99,7 +101,7 @@ class SimCLRRun:
 
     def step(self, step: int) -> None:
         # Cosine schedule over wall-clock time by default: a shared CPU makes step rates unpredictable.
-        cfg, frac = self.cfg, _progress(step, time.time() - self.t0, self.cfg)
+        cfg, frac = self.cfg, self.progress(step)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         x = self.images[torch.randint(0, len(self.images), (cfg.batch_size,))].float().div_(255)
@@ -112,6 +114,14 @@ class SimCLRRun:
         self.acc.backward(loss)
         self.opt.step()
         self.window.append(loss)
+
+    def progress(self, step: int) -> float:
+        """The budget's fraction used, process 0's on every process: clocks differ, and under DDP the learning rates
+        must not (each process's optimizer applies the same averaged gradient)."""
+        frac = _progress(step, time.time() - self.t0, self.cfg)
+        if self.acc.num_processes > 1:
+            frac = broadcast(torch.tensor([frac], device=self.acc.device)).item()
+        return frac
 
     def periodic(self, step: int, force: bool) -> None:
         """Every 50 steps, the mean loss since the last line (the only steps that read it)."""

@@ -48,6 +48,17 @@ def test_prior_learns_a_gaussian_mixture(gmm_prior):
     assert h.std() < 10  # no divergence: x0 clipping at high t keeps the sampler stable
 
 
+def test_prior_runs_on_the_training_runtime(gmm_prior):
+    """The denoiser's loop skeleton: the loss is read only at log steps (the loss window), the checkpoints are the
+    runtime's, and prior_info's final loss is the last log line's."""
+    out, _ = gmm_prior
+    run = out.parent
+    lines = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [400, 800]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-400", "checkpoint-800"]
+    assert json.loads((out / "prior_info.json").read_text())["final_loss"] == pytest.approx(lines[-1]["loss"])
+
+
 def test_prior_evaluation_reports_fd_beside_calibration_and_class_histogram(gmm_prior):
     out, cache = gmm_prior
     res = evaluate_prior(Prior.from_pretrained(out), str(cache), n=1000, seed=0)

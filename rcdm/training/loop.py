@@ -46,11 +46,12 @@ def train(cfg: TrainConfig, command: str = "") -> Path | None:
         step, preempted = run_loop(run.acc, Cadence(run.cfg.max_steps, cfg.sync_every, cfg.max_minutes), request,
                                    step, run.step, run.periodic)
         run.bar.close()
-        out = None if preempted else export(run.acc, run.cfg, run.unet, run.ema, run.cache, step, command,
-                                            run.encoder)
         if preempted:
             run.acc.print(f"preempted at step {step}: checkpoint written, export skipped; run the same command with "
                           "--resume auto to continue")
+            out = None
+        else:
+            out = export(run.acc, run.cfg, run.unet, run.ema, run.cache, step, command, run.encoder)
         run.acc.end_training()
         return out
 
@@ -93,6 +94,9 @@ class Run:
     cache: EmbeddingCache
     encoder: object        # None except on the main process (only it samples and exports)
     watch: HeldOut | None  # the grid's and --eval-every's images, read once
+    bar: tqdm | None = None            # from `start` on
+    window: LossWindow | None = None   # the losses since the last log line
+    batches: object = None             # the endless, resumable batch stream
 
     def start(self, step: int) -> None:
         """Trackers, progress bar, loss window and the batch stream, from `step` on (0, or a resumed step)."""

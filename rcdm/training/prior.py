@@ -33,7 +33,7 @@ def train_prior(cfg: PriorConfig, command: str = "", install_into_model: bool = 
         run = PriorRun.prepare(cfg)
         step = run.ckpt.load(cfg.resume, run.ema) if cfg.resume else 0
         run.window = LossWindow(run.acc, step, cfg.output_dir)
-        step, _ = run_loop(run.acc, Cadence(cfg.max_steps), request, step, run.step, run.periodic)
+        step, _ = run_loop(run.acc, Cadence(cfg.max_steps, cfg.sync_every), request, step, run.step, run.periodic)
     out = Path(cfg.output_dir) / PRIOR_DIR
     if run.acc.is_main_process:
         final = copy.deepcopy(run.acc.unwrap_model(run.model)).float()

@@ -1,5 +1,6 @@
-"""The report page: the stored sections turned into rows of numbers and plain sentences (`report.json`), and the
-same rows as one static HTML page (`index.html`) that references its PNGs by relative path.
+"""The report page: the views of the stored sections (`views`: rows of numbers and plain sentences) written as
+`report.json`, and the same rows as one static HTML page (`index.html`, the Jinja2 template `index.html.j2`) that
+references its PNGs by relative path.
 
 Every number on the page comes from `report.json` and is printed as JSON prints it, so the two always agree.
 Numbers are rounded to 4 significant digits there; the section files keep full precision.

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fsutil import atomic_file
+
 # safetensors dtype -> numpy dtype; BF16 has none and is read as int16, then viewed as torch.bfloat16
 NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.int16, "I64": np.int64,
          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -81,8 +83,7 @@ def create(path, tensors: dict[str, tuple[str, tuple]], metadata: dict[str, str]
         offset += size
     text = _header_text(header, metadata)
     n = -(-(len(text) + reserve) // 8) * 8  # data stays 8-byte aligned, as safetensors writes it
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", n) + text.ljust(n, b" "))
         f.truncate(8 + n + offset)  # sparse: zeros cost no disk until written
         for name, data in (fill or {}).items():
@@ -90,7 +91,6 @@ def create(path, tensors: dict[str, tuple[str, tuple]], metadata: dict[str, str]
             f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _header_text(header: dict, metadata: dict) -> bytes:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fsutil import atomic_file
 from .resources import pretrained_root
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -109,9 +110,8 @@ def save_judge(net: JudgeNet, out_dir, mean, std, info: dict, resolution: int = 
               net.body[6][0].out_channels]
     config = {"arch": ARCH, "widths": widths, "num_classes": net.head.out_features, "logit_scale": net.logit_scale,
               "resolution": resolution, "mean": list(mean), "std": list(std), "pixel_range": [0, 1], **info}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(out / WEIGHTS_FILE)  # a crash never leaves half a weights file under the real name
+    with atomic_file(out / WEIGHTS_FILE) as tmp:  # a crash never leaves half a weights file under the real name
+        save_file(state, str(tmp))
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

@@ -97,6 +97,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (default: 64)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: each model's recorded choice)")
+    p.add_argument("--scheduler", default=None,
+                   help="one sampler for every model, e.g. ddim-logsnr (default: each model's recorded choice)")
     p.add_argument("--out", required=True, help="JSON-lines output, appended to")
     args = p.parse_args(argv)
     sets = []
@@ -111,7 +113,9 @@ def main(argv=None) -> list[dict]:
         for set_name, offset, n, seeds in sets:
             for seed in seeds:
                 t0 = time.time()
-                m = evaluate(pipe, args.data, n, Sampling(seed=seed, batch_size=args.batch_size, num_inference_steps=args.steps), progress=False,
+                run = Sampling(seed=seed, batch_size=args.batch_size, num_inference_steps=args.steps,
+                               scheduler=args.scheduler)
+                m = evaluate(pipe, args.data, n, run, progress=False,
                              offset=offset, classifier=judge)
                 rows.append(row(label, set_name, seed, m))
                 with open(args.out, "a") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +23,18 @@ from diffusers.utils.torch_utils import randn_tensor
 from .adm import ADMUNet
 from .encoders import Preprocess, load_encoder
 from .encoders.identity import check_encoder_matches, check_encoder_weights  # re-exported: one definition
+from .encoders.saved import ENCODER_DIR, bundle_encoder, relocate_spec  # noqa: F401 (relocate_spec re-exported)
 from .fsutil import fresh_tmp_dir, keep_foreign_files, replace_dir
 from .hub import DEFAULT_MODEL, PIPELINE_FILE, resolve_model_path, shipped_models, upload_to_hub  # noqa: F401
 from .images import to_pil, to_uint8
 from .model import RCDMUNet
 from .prior import Prior
-from .resources import pretrained_root  # where shipped models live (re-exported)
 from .choices import DEFAULT_SAMPLING
+from .resources import pretrained_root  # noqa: F401 (where shipped models live, re-exported)
 from .sampling import prior_generator, sample_generators
 from .schedulers import SCHEDULERS, make_scheduler, scheduler_name, uses_learned_variance
 
 FORMAT = "rcdm-pipeline/1"
-ENCODER_DIR = "encoder"  # where save_pretrained puts a copy of a local `file:` encoder: the model carries it
 # A call that names no sampler, steps or guidance uses the model's recorded ones (rcdm_pipeline.json "sampling", chosen
 # by measuring fidelity per NFE: benchmarks/sampler_nfe.py), else rcdm.choices.DEFAULT_SAMPLING.
 
@@ -171,7 +171,6 @@ class RCDMPipeline(DiffusionPipeline):
         """Save to a temporary directory (`save_pretrained`, with the model card of the directory this pipeline was
         loaded from, if any) and upload it to the Hub model repo `repo_id`, created if missing; the commit URL.
         It loads back with `RCDMPipeline.from_pretrained(repo_id)`."""
-        import shutil
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
@@ -319,40 +318,6 @@ def _check_sampling_args(num_samples, num_inference_steps, guidance_scale, outpu
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-
-
-def bundle_encoder(spec: str, base, out_dir: Path) -> str:
-    """The encoder spec a model saved in `out_dir` records. A local `file:` encoder (relative specs read from `base`)
-    is copied into out_dir/encoder/ and named `file:encoder`, relative to the model directory; the shipped one is
-    named `pretrained:NAME` instead (it resolves wherever rcdm is installed). Other specs are kept as they are."""
-    import shutil
-
-    if not spec.startswith("file:"):
-        return spec
-    src = (Path(base) / spec[5:]).resolve()  # an absolute spec path stays itself
-    weights = src / "model.safetensors" if src.is_dir() else src
-    if src.is_dir() and src.parent == pretrained_root().resolve():
-        return f"pretrained:{src.name}"
-    missing = [f for f in (weights.parent / "config.json", weights) if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"cannot save encoder {spec!r} with the model: {missing[0]} is gone")
-    dst = Path(out_dir) / ENCODER_DIR
-    dst.mkdir()
-    for f in (weights.parent / "config.json", weights, weights.parent / "README.md"):
-        if f.is_file():
-            shutil.copy2(f, dst / f.name)
-    return f"file:{ENCODER_DIR}" if src.is_dir() else f"file:{ENCODER_DIR}/{weights.name}"
-
-
-def relocate_spec(spec: str, out_dir: Path, base: Path = Path(".")) -> str:
-    """Rewrite a relative `file:` spec, read from `base`, so it resolves from the pipeline directory `out_dir`, for
-    tools that copy a model directory whole. A spec inside `base` (`file:encoder`) travels with the copy: kept."""
-    if not spec.startswith("file:") or os.path.isabs(spec[5:]):
-        return spec
-    target = (Path(base) / spec[5:]).resolve()
-    if target.is_relative_to(Path(base).resolve()):
-        return spec
-    return "file:" + os.path.relpath(target, Path(out_dir).resolve())
 
 
 def denoiser_class(unet_dir: Path):

@@ -238,7 +238,7 @@ def test_learned_variance_sampling_stays_in_range(small_release, tiny_encoder_di
     pipe.scheduler.step = (lambda step: lambda out, *a, **k: seen.append(out.shape[1]) or step(out, *a, **k))(
         pipe.scheduler.step)
     h = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
-    x = pipe._sample(h, 3, 1.0, torch.Generator().manual_seed(0), None)  # (2, 3, 128, 128) before clamping
+    x = pipe._sample(h, pipe.scheduler, 3, 1.0, torch.Generator().manual_seed(0), None)  # (2, 3, 128, 128), unclamped
     assert torch.isfinite(x).all() and x.abs().max() < 4
     assert seen == [6 if scheduler == "ddpm" else 3] * 3  # DDPM reads the learned variance, DDIM the mean only
     with pytest.raises(ValueError, match="classifier-free guidance is unavailable"):

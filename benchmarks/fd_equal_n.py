@@ -10,12 +10,12 @@ The samples come from the first N images' embeddings, so comparing them with tho
 compares the samples with the next N real images instead: the same pairing as real vs real, so the two numbers can
 be set side by side even when the model is close to the calibration.
 
-    python benchmarks/fd_equal_n.py --model rcdm-cifar10-backbone --n 500 --dtype bfloat16
+    python benchmarks/fd_equal_n.py --data cifar10_jpeg.npz:test --model rcdm-cifar10-backbone --n 500 \
+        --dtype bfloat16 --seed 0 --out fd500.json
 """
 import argparse
 import json
 from pathlib import Path
-
 
 from rcdm import Sampling, sample
 from rcdm.data import open_dataset
@@ -23,14 +23,11 @@ from rcdm.evaluate import read_references
 from rcdm.flags import load_pipeline
 from rcdm.metrics import frechet_distance
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
-
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="pipeline directory or shipped model name (default: the default)")
-    p.add_argument("--data", default=DEFAULT_DATA, help="reference images (default: the CIFAR-10 test split)")
+    p.add_argument("--data", required=True, help="reference images, e.g. cifar10_jpeg.npz:test")
     p.add_argument("--n", type=int, default=500, help="images per side (default: 500; needs 2N readable images)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's recorded choice)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the model's recorded choice)")

@@ -1,7 +1,8 @@
 """Faithfulness against cost for each sampler: mean rank and top-1 of N held-out images versus NFE.
 
-    python benchmarks/sampler_nfe.py --num-images 200                      # the shipped default model
-    python benchmarks/sampler_nfe.py --model runs/x/pipeline --num-images 8 --out-csv /tmp/s.csv --out-png /tmp/s.png
+    python benchmarks/sampler_nfe.py --data cifar10_jpeg.npz:test --num-images 200       # the shipped default model
+    python benchmarks/sampler_nfe.py --data cifar10_jpeg.npz:test --model runs/x/pipeline --num-images 8 \
+        --out-csv /tmp/s.csv --out-png /tmp/s.png
 
 Each sampler runs `rcdm.evaluate.evaluate` on the same references with the same per-sample seeds, so every
 sampler starts sample k of image i from the same initial noise (DDPM then draws fresh noise at every step).
@@ -22,7 +23,6 @@ from rcdm.evaluate import evaluate
 from rcdm.flags import DTYPES, load_pipeline
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = str(HERE.parents[1] / "shared" / "data" / "cifar10_jpeg.npz") + ":test"
 SAMPLERS = "ddpm:1000,ddpm:100,ddpm:50,ddim:50,ddim:20,ddim:10,dpm++:20,dpm++:10,unipc:10,ddpm:25:g2,ddim:25:g2"
 COLUMNS = ["sampler", "scheduler", "steps", "guidance", "nfe", "num_images", "offset", "mean_rank", "median_rank",
            "top1_pct", "top5_pct", "fd", "fd_real_halves", "sample_seconds", "ms_per_sample"]
@@ -89,7 +89,7 @@ def plot(rows: list[dict], path, title: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="pipeline directory or shipped name (default: the shipped default)")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"reference images (default: {DEFAULT_DATA})")
+    p.add_argument("--data", required=True, help="reference images, e.g. cifar10_jpeg.npz:test")
     p.add_argument("--num-images", type=int, default=200, help="references: the first N test images (default: 200)")
     p.add_argument("--offset", type=int, default=0,
                    help="start at this test image, e.g. 5000 for images disjoint from the reported first N "

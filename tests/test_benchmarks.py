@@ -1,4 +1,4 @@
-"""benchmarks/: sampler_nfe.py on a tiny model (sampler specs, measured NFE, CSV and plot) and weight_average.py."""
+"""benchmarks/sampler_nfe.py on a tiny model (sampler specs, measured NFE, CSV and plot) and tools/weight_average.py."""
 import csv
 import importlib.util
 import json
@@ -16,8 +16,8 @@ from conftest import make_tiny_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+def _load(name, folder="benchmarks"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,22 +46,6 @@ def test_sampler_benchmark_measures_nfe_and_writes_csv_and_png(tiny_pipeline_dir
     assert out_png.stat().st_size > 10_000
 
 
-def test_choosing_scores_every_model_and_seed_on_the_same_noise(tiny_pipeline_dir, cifar_npz, tmp_path, capsys):
-    choosing = _load("choosing")
-    out_csv = tmp_path / "c.csv"
-    choosing.main(["--model", f"a=b={tiny_pipeline_dir}", str(tiny_pipeline_dir), "--data", f"{cifar_npz}:test",
-                   "--num-images", "4", "--offset", "2", "--seeds", "0", "1", "--sampler", "ddim:3",
-                   "--out-csv", str(out_csv)])
-    rows = list(csv.DictReader(open(out_csv)))
-    assert [(r["model"], r["seed"]) for r in rows] == [("a=b", "0"), ("a=b", "1"), (str(tiny_pipeline_dir), "0"),
-                                                        (str(tiny_pipeline_dir), "1")]
-    assert {(r["sampler"], r["num_images"], r["offset"], r["layer"]) for r in rows} == {("ddim-3", "4", "2", "backbone")}
-    # one model under two labels: the same noise per seed gives the same numbers, and the seeds differ
-    assert [rows[0][k] for k in ("mean_rank", "fd")] == [rows[2][k] for k in ("mean_rank", "fd")]
-    assert rows[0]["fd"] != rows[1]["fd"]
-    assert "a=b: 2 seeds" in capsys.readouterr().out
-
-
 def _with_history(pipe_dir, runs, encoder_dir):
     """Give a tiny pipeline a training history and, as `rcdm train` wrote it before models carried their encoder, a
     relative encoder path out of the directory."""
@@ -75,7 +59,7 @@ def _with_history(pipe_dir, runs, encoder_dir):
 
 
 def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_encoder_dir):
-    wa = _load("weight_average")
+    wa = _load("weight_average", "tools")
     a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, seed=0)
     b = make_tiny_pipeline(tmp_path / "b", tiny_encoder_dir, seed=1)
     _with_history(a, [("parent", 100), ("branch a", 30)], tiny_encoder_dir)
@@ -96,7 +80,7 @@ def test_weight_average_mixes_weights_and_records_both_branches(tmp_path, tiny_e
 
 
 def test_weight_average_refuses_other_representations_and_existing_output(tmp_path, tiny_encoder_dir, capsys):
-    wa = _load("weight_average")
+    wa = _load("weight_average", "tools")
     a = make_tiny_pipeline(tmp_path / "a", tiny_encoder_dir, layer="backbone")
     p = make_tiny_pipeline(tmp_path / "p", tiny_encoder_dir, layer="projector")
     with pytest.raises(SystemExit, match="different representations"):

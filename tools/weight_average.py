@@ -1,12 +1,12 @@
 """Average the UNet weights of two exported pipelines of the same model ("model soup", Wortsman et al. 2022).
 
 Two fine-tunes from one parent sit in one loss basin, so their weighted mean is a model too; it can keep most of one
-stint's fidelity gain while taking the other's lower FD. The output copies pipeline A (encoder record, scheduler,
+run's fidelity gain while taking the other's lower FD. The output copies pipeline A (encoder record, scheduler,
 sampling defaults; a relative encoder path is re-aimed from the new directory) and replaces its UNet weights with
 `w * A + (1 - w) * B`. Its training history is A's, then the runs of B's branch that A lacks, then this average as a
-run of 0 steps, so the stint table still sums every optimizer step behind the weights.
+run of 0 steps, so the table of runs still sums every optimizer step behind the weights.
 
-    python benchmarks/weight_average.py runs/soup runs/stint16/pipeline runs/stint15/pipeline --weight-a 0.6667
+    python tools/weight_average.py runs/soup runs/a/pipeline runs/b/pipeline --weight-a 0.6667
 """
 import argparse
 import json
@@ -36,7 +36,7 @@ def check_compatible(a: tuple, b: tuple) -> None:
     enc_a, enc_b = ({k: m["encoder"][k] for k in ("fingerprint", "layer", "dim")} for m in (meta_a, meta_b))
     if enc_a != enc_b:
         sys.exit(f"the two pipelines condition on different representations ({enc_a} vs {enc_b}); average only "
-                 "stints of one model")
+                 "runs of one model")
     differ = sorted(k for k in set(cfg_a) | set(cfg_b) if k != "_name_or_path" and cfg_a.get(k) != cfg_b.get(k))
     if differ or sd_a.keys() != sd_b.keys() or any(sd_a[k].shape != sd_b[k].shape for k in sd_a):
         sys.exit(f"the two UNets differ in architecture ({', '.join(differ) or 'weight names or shapes'})")
@@ -65,7 +65,7 @@ def main(argv=None):
     # fp32 arithmetic whatever the stored dtype, so fp16 weights do not lose the small differences being averaged.
     mean = {k: (w * v.float() + (1 - w) * b[2][k].float()).to(v.dtype).contiguous() for k, v in a[2].items()}
     meta = a[0]
-    command = shlex.join(["python", "benchmarks/weight_average.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "tools/weight_average.py", *(sys.argv[1:] if argv is None else argv)])
     # A relative `file:` encoder spec is read from the pipeline's own directory; re-aim it from the new one.
     meta["encoder"]["spec"] = relocate_spec(meta["encoder"]["spec"], args.out, base=args.a)
     meta.setdefault("training", {}).update(command=command, steps=0, history=merged_history(a[0], b[0], command))

@@ -11,7 +11,8 @@ SCHEDULER_NAMES = ("ddpm", "ddpm-linspace", "ddim", "dpm++", "unipc", "ddim-logs
 
 # What a call that names nothing uses, and what `rcdm train` records in a new model: DDIM, 20 steps, unguided.
 # On 400 held-out choosing images and three noise seeds it beat DDPM-20 on every model measured (top-1 +1.8 to +2.4
-# points, FD in SSL space about halved), and DPM-Solver++-20 / UniPC-20 on rank (benchmarks/choosing_stint13_*.csv).
+# points, FD in SSL space about halved), and DPM-Solver++-20 / UniPC-20 on rank (measured on earlier weights; the
+# per-run CSVs are in the git history). The shipped models record ddim-logsnr, which beat DDIM-20 on theirs.
 # The keys are the sampling vocabulary: the pipeline call, `rcdm.sampling.Sampling`, the flags (--num-inference-steps)
 # and rcdm_pipeline.json's "sampling" use these names, as diffusers pipelines do.
 DEFAULT_SAMPLING = {"scheduler": "ddim", "num_inference_steps": 20, "guidance_scale": 1.0}

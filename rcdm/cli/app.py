@@ -5,7 +5,7 @@ from ..app.flags import add_app_arguments
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("app", help="serve the Gradio app (sample, compare, interpolate)",
+    p = sub.add_parser("app", help="serve the Gradio app (sample, compare, interpolate, invariance, dream, report)",
                        description="Serve the RCDM Gradio app. It binds 127.0.0.1 with no public link unless "
                                    "--host or --share say otherwise; its limits are checked on the server.")
     add_app_arguments(p)

@@ -1,14 +1,9 @@
-"""The published RCDM ImageNet-128 checkpoints (facebookresearch/RCDM, CC-BY-NC) as rcdm pipelines.
+"""`rcdm convert-rcdm`: a published RCDM ImageNet-128 checkpoint (facebookresearch/RCDM, CC-BY-NC) as a pipeline.
 
     rcdm convert-rcdm rcdm_ema_dino_trunk.pt --encoder dino_resnet50@dino_full.pth --layer backbone --out DIR
-    RCDMPipeline.from_pretrained("rcdm-imagenet128-dino-trunk")      # online: download, convert once, load
-    RCDMPipeline.from_pretrained("rcdm-imagenet128-dino-trunk@rcdm_ema_dino_trunk.pt")   # a local copy instead
 
-Each file is a plain state dict of guided-diffusion's `UNetModel` (RCDM's fork, `instance_cond=True`). Conversion
-maps every tensor onto `rcdm.adm.ADMUNet` exactly once, checking every shape; the result is a self-describing
-pipeline directory that records the encoder, RCDM's preprocessing (224 centre crop of the short side, pixels in
-[-1, 1], no ImageNet mean/std; the UNet sees the 128 centre crop), the schedule (linear, 1000 steps, learned
-range) and 100 ancestral steps as its default sampler, as the reference samples.
+The result records the encoder, RCDM's preprocessing and schedule, and RCDM's own sampler (`ddpm-linspace`:
+guided-diffusion's 100 respaced ancestral steps, x0 clipped); the mapping and its checks: rcdm.convert.
 """
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """`rcdm evaluate`: how faithfully an RCDM's samples carry the representation they were drawn from.
 
     rcdm evaluate --model pretrained/rcdm-cifar10-backbone --data cifar10_jpeg.npz:test --num-images 200 \\
-        --out metrics.json --summary-png metrics.png
+        --classifier pretrained/cifar10-judge --out metrics.json --summary-png metrics.png
 
-The first `--num-images` readable items of the data (from item `--offset` on) are the references x (a packed
-CIFAR-10 npz is class-interleaved, so a prefix is class-balanced). Each x is encoded with the model's encoder, K
-samples are drawn from that embedding, and the samples are re-encoded by the judge (by default the same encoder and
-layer).
-The metrics (rank, FD, diversity, kNN class agreement, optional Inception FID/KID) are defined in `rcdm.metrics`.
-
-The sampler, steps and guidance default to the model's recorded choice. Reproducibility: sample k of dataset item i
-starts from noise seeded from (seed, i, k) (rcdm.sampling), so it does not depend on `batch_size`, on
-`num_images` or on the device; float round-off (about 1e-6 in pixel values here) can only move a rank when two
-candidates are tied to that precision.
+The first --num-images readable items (from --offset on) are the references. Each is encoded, K samples are drawn
+from its embedding with the model's recorded sampler unless flags say otherwise, and the samples are scored: rank,
+FD, diversity, kNN class agreement, an independent classifier, optional Inception FID/KID (definitions:
+rcdm.metrics; the procedure: rcdm.evaluate). Sample k of item i is seeded by (seed, i, k).
 """
 from __future__ import annotations
 

@@ -1,16 +1,10 @@
-"""A diffusion prior over representations, h ~ p(h): RCG's "RDM" (Li, Katabi & He 2023, arXiv:2312.03701, Sec. 3.1).
-
-Sampling h from it and then images from h turns an RCDM into an unconditional generator, and shows what a typical
-representation looks like (or one near a given image's, by partial noising and denoising back, SDEdit-style).
+"""`rcdm train-prior`: a diffusion prior over representations, h ~ p(h), stored in `<pipeline>/prior/`.
 
     rcdm train-prior --cache runs/emb-backbone.safetensors --output-dir runs/prior \\
         --model pretrained/rcdm-cifar10-backbone
     rcdm sample --unconditional 16 --out dream.png
 
-The prior is a small MLP of residual blocks with adaptive (time-conditioned) LayerNorm, predicting eps on
-standardised embeddings, with diffusers' DDPM scheduler (cosine betas; x0 clipped to +-5 standard deviations).
-It lives in `<pipeline>/prior/` (config.json + safetensors + scheduler_config.json), next to the UNet, and is
-loaded with the pipeline when present.
+The model and its recipe: rcdm.prior (RCG's "RDM", Li, Katabi & He 2023).
 """
 from __future__ import annotations
 

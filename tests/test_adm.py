@@ -224,6 +224,7 @@ def test_convert_writes_a_self_describing_pipeline(small_release, tiny_encoder_d
     assert bad == 2 and not (tmp_path / "bad").exists()  # 64-d RCDM vs the 16-d projector: refused, nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
 def test_learned_variance_sampling_stays_in_range(small_release, tiny_encoder_dir, tmp_path, scheduler):
     from rcdm import RCDMPipeline
@@ -392,6 +393,7 @@ def test_converted_model_records_rcdms_sampler_and_grid(converted):
     assert "32 channels" in card and "ddpm-linspace" in card  # the width of this file, not the reference's 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler, steps", [("ddpm-linspace", 100), ("ddpm-linspace", 7)])
 def test_converted_chain_equals_guided_diffusions_chain(converted, tiny_encoder_dir, sampler, steps):
     """The pipeline's sampling loop with the recorded sampler, against guided-diffusion's respaced p_sample_loop

@@ -172,6 +172,7 @@ def test_release_layout_loads_strictly(name, r50, vits, lars_state, tmp_path):
     assert enc.preprocess == replace(IMAGENET_PREPROCESS, interpolation=interpolation)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FAKES))
 def test_release_with_a_renamed_key_is_refused(name, r50, vits, lars_state, tmp_path):
     ckpt, trunk, key, _, _ = FAKES[name](r50, vits, lars_state)

@@ -4,6 +4,7 @@ are few (the CLI may defer its imports for a fast --help); no module is over 400
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "rcdm"
@@ -79,6 +80,7 @@ def imports(name: str, path: Path, known: dict[str, Path]):
             # re-exports its submodules, which is downward
 
 
+@cache  # every test reads the same tree: parse it once
 def graph():
     known = modules()
     edges, private, local = {}, [], []

@@ -116,6 +116,7 @@ def test_evaluate_command_takes_a_classifier(tiny_pipeline_dir, tiny_judge, tiny
     assert "of samples show their source's class" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_fidelity_shows_the_classifier(tiny_pipeline_dir, tiny_judge, tmp_path, cifar_npz):
     from rcdm.cli import main
 

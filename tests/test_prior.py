@@ -36,6 +36,7 @@ def gmm_prior(tmp_path_factory):
     return train_prior(cfg, "test"), cache
 
 
+@pytest.mark.slow
 def test_prior_learns_a_gaussian_mixture(gmm_prior):
     prior = Prior.from_pretrained(gmm_prior[0])
     h = prior.sample(4000, torch.Generator().manual_seed(1), steps=50)  # (4000, 2)
@@ -48,6 +49,7 @@ def test_prior_learns_a_gaussian_mixture(gmm_prior):
     assert h.std() < 10  # no divergence: x0 clipping at high t keeps the sampler stable
 
 
+@pytest.mark.slow
 def test_prior_runs_on_the_training_runtime(gmm_prior):
     """The denoiser's loop skeleton: the loss is read only at log steps (the loss window), the checkpoints are the
     runtime's, and prior_info's final loss is the last log line's."""

@@ -61,6 +61,7 @@ def without_timing(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "timing"}
 
 
+@pytest.mark.slow
 def test_page_shows_every_number_and_only_existing_local_images(built):
     out, report, _ = built
     page = (out / "index.html").read_text()
@@ -85,6 +86,7 @@ def test_page_shows_every_number_and_only_existing_local_images(built):
     assert "torch" in report["versions"] and report["command"] in page
 
 
+@pytest.mark.slow
 def test_rerun_after_an_interruption_skips_finished_sections(built, pipes, tmp_path, monkeypatch):
     out0, report0, data = built
     out = tmp_path / "r"
@@ -120,6 +122,7 @@ def _forbidden(name):
     return fail
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(built, pipes, tmp_path):
     """The same seed gives the same numbers and images, also without the other model beside it."""
     out0, report0, data = built
@@ -143,6 +146,7 @@ def test_identity_oracle_reads_kept_for_every_augmentation(cifar_npz):
     assert [r["reading"] for r in invariance_view(constant)["rows"]] == ["discarded"] * len(AUGMENTATIONS)
 
 
+@pytest.mark.slow
 def test_sections_that_cannot_run_say_why(pipes, tmp_path, cifar_test_images):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -158,6 +162,7 @@ def test_sections_that_cannot_run_say_why(pipes, tmp_path, cifar_test_images):
     assert "Not run: " in page and "no train split" in page
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(tiny_pipeline_dir, tmp_path, cifar_npz):
     from rcdm.cli import main
 

@@ -549,3 +549,18 @@ def test_grow_attention_continues_the_parents_function_and_trains_the_new_blocks
         parent.with_attention((2,))
     with pytest.raises(ValueError, match="give it --init-from"):
         train(_cfg(tiny_npz, cache_path, tmp_path / "s4", max_steps=1, grow_attention=(1,)))
+
+
+def test_preloaded_images_train_exactly_as_decoded_ones(tmp_path, tiny_npz, cache_path):
+    """--preload-images decodes every image once into memory: the same items, so the same losses, bit for bit."""
+    from rcdm.training.data import PairedDataset
+
+    cache = EmbeddingCache.load(cache_path)
+    ds = cache.open_data(str(tiny_npz))
+    lazy, eager = PairedDataset(ds, cache, 32), PairedDataset(ds, cache, 32, preload=True)
+    assert eager.images.dtype == torch.uint8 and eager.images.shape == (len(cache.indices), 3, 32, 32)
+    for j in (0, 1, 7, len(lazy) - 1):  # both views of several images
+        assert all(torch.equal(a, b) for a, b in zip(lazy[j], eager[j]))
+    runs = [train(_cfg(tiny_npz, cache_path, tmp_path / name, max_steps=3, preload_images=pre), name)
+            for name, pre in (("lazy", False), ("eager", True))]
+    assert _losses(runs[0].parent) == _losses(runs[1].parent)

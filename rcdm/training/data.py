@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ..cache import EmbeddingCache, apply_view
 from ..images import resize_center_crop
@@ -15,27 +16,36 @@ from ..train_config import TrainConfig
 
 class PairedDataset(torch.utils.data.Dataset):
     """Item j = (image i in view v, f(view_v(x_i))) with i = j // K, v = j % K: every view is its own item,
-    so no randomness lives in __getitem__ and resume is exact."""
+    so no randomness lives in __getitem__ and resume is exact. With `preload`, every image is decoded once here."""
 
-    def __init__(self, ds, cache: EmbeddingCache, resolution: int):
+    def __init__(self, ds, cache: EmbeddingCache, resolution: int, preload: bool = False):
         self.ds, self.cache, self.resolution = ds, cache, resolution
         self.k = cache.embeddings.shape[1]
+        self.images = self._decode_all() if preload else None  # uint8 (N, 3, R, R), row i = cache row i
 
     def __len__(self):
         return len(self.cache.indices) * self.k
 
     def __getitem__(self, j):
         i, v = divmod(j, self.k)
-        x, _ = self.ds[int(self.cache.indices[i])]
-        x = apply_view(resize_center_crop(x, self.resolution), v)  # uint8 (3, R, R)
+        x = self.images[i] if self.images is not None else self.image(i)
+        x = apply_view(x, v)  # uint8 (3, R, R)
         return x.float().div(127.5).sub(1), self.cache.embeddings[i, v].float()  # [-1, 1], (D,)
+
+    def image(self, i: int) -> torch.Tensor:
+        """Cache row i's image at the training resolution, uint8 (3, R, R)."""
+        return resize_center_crop(self.ds[int(self.cache.indices[i])][0], self.resolution)
+
+    def _decode_all(self) -> torch.Tensor:
+        rows = range(len(self.cache.indices))
+        return torch.stack([self.image(i) for i in tqdm(rows, desc="preloading images", mininterval=5)])
 
 
 def make_dataloader(cfg: TrainConfig, cache: EmbeddingCache, pin_memory: bool = False):
     """The shuffled pairs of the cache's data (refused if the data is not what the cache was made from)."""
     ds = cache.open_data(cfg.data)
     cache.check_matches(ds)
-    paired = PairedDataset(ds, cache, cfg.resolution)
+    paired = PairedDataset(ds, cache, cfg.resolution, preload=cfg.preload_images)
     if len(paired) < cfg.batch_size:
         raise ValueError(f"{len(paired)} training items is fewer than one batch of {cfg.batch_size}")
     return torch.utils.data.DataLoader(paired, batch_size=cfg.batch_size, shuffle=True, drop_last=True,

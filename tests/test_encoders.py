@@ -158,7 +158,11 @@ def test_every_release_has_a_fake():
     assert sorted(FAKES) == sorted(RELEASES)
 
 
-@pytest.mark.parametrize("name", sorted(FAKES))
+QUICK_RELEASES = {"simclr_resnet50", "dino_vits16"}  # one ResNet and one ViT layout in the quick lane
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK_RELEASES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(FAKES)])
 def test_release_layout_loads_strictly(name, r50, vits, lars_state, tmp_path):
     ckpt, _, _, expected, (d_bb, d_proj) = FAKES[name](r50, vits, lars_state)
     torch.save(ckpt, tmp_path / "release.pth")

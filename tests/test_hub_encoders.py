@@ -405,6 +405,7 @@ def _fake_lightly():
     return {"state_dict": state, "epoch": 3}, state, resnet.eval(), head.eval(), "backbone.4.0.conv1.weight"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fake", [_fake_solo_learn, _fake_lightly], ids=["solo-learn", "lightly"])
 def test_resnet_codebase_checkpoints_load_strictly_with_their_head(fake, tmp_path):
     ckpt, state, net, head, key = fake()

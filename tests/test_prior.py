@@ -61,6 +61,7 @@ def test_prior_runs_on_the_training_runtime(gmm_prior):
     assert json.loads((out / "prior_info.json").read_text())["final_loss"] == pytest.approx(lines[-1]["loss"])
 
 
+@pytest.mark.slow
 def test_prior_evaluation_reports_fd_beside_calibration_and_class_histogram(gmm_prior):
     out, cache = gmm_prior
     res = evaluate_prior(Prior.from_pretrained(out), str(cache), n=1000, seed=0)
@@ -70,6 +71,7 @@ def test_prior_evaluation_reports_fd_beside_calibration_and_class_histogram(gmm_
     assert max(abs(a - b) for a, b in zip(res["class_histogram_samples"], res["class_histogram_real"])) < 0.1
 
 
+@pytest.mark.slow
 def test_save_load_same_seed_same_embeddings(gmm_prior, tmp_path):
     prior = Prior.from_pretrained(gmm_prior[0])
     a = prior.sample(8, torch.Generator().manual_seed(3), steps=10)

@@ -149,6 +149,7 @@ def test_sample_grid_is_what_rcdm_sample_draws(tmp_path, tiny_npz, cache_path):
     assert (got.int() - want.int()).abs().max() <= 1  # float round-off at most (the grid is sampled in float32)
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_weights_and_records_every_stint(tmp_path, tiny_npz, cache_path):
     """A stint (--init-from) starts from the model's weights, not a fresh init, and the export counts all stints."""
     first = train(_cfg(tiny_npz, cache_path, tmp_path / "s1", max_steps=2), "stint 1")
@@ -365,6 +366,7 @@ def test_one_command_trains_one_model_per_layer(tmp_path, tiny_npz, tiny_encoder
 
 
 # ------------------------------------------------------------------------------------ preemption (issue 15, item 5)
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_npz, cache_path):
     out = tmp_path / "auto"
     with pytest.raises(FileNotFoundError, match="--resume auto"):
@@ -497,6 +499,7 @@ def test_compile_trains_like_eager(tmp_path, tiny_npz, cache_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ data at scale (issue 15, item 6)
+@pytest.mark.slow
 def test_image_folder_is_listed_once_in_the_cache(tmp_path, tiny_encoder_dir, monkeypatch):
     """`rcdm embed` stores the folder's file list; training rebuilds the dataset from it without a rescan, and a file
     deleted since is still caught by the fingerprint."""
@@ -528,6 +531,7 @@ def test_image_folder_is_listed_once_in_the_cache(tmp_path, tiny_encoder_dir, mo
         cache.check_matches(cache.open_data(str(folder)))
 
 
+@pytest.mark.slow
 def test_grow_attention_continues_the_parents_function_and_trains_the_new_blocks(tmp_path, tiny_npz, cache_path):
     """--grow-attention adds self-attention blocks that start as the identity: at lr 0 the grown export computes what
     its parent computes; with a real lr the new blocks learn."""

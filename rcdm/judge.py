@@ -47,7 +47,7 @@ class JudgeNet(nn.Module):
 
     def __init__(self, widths=(64, 128, 256, 384), num_classes: int = 10, logit_scale: float = 0.125):
         super().__init__()
-        w0, w1, w2, w3 = widths
+        w0, w1, w2, w3 = self.widths = tuple(widths)
         self.body = nn.Sequential(
             conv_bn(3, w0),
             conv_bn(w0, w1), nn.MaxPool2d(2), Residual(w1),   # (B, w1, 16, 16)
@@ -106,9 +106,7 @@ def save_judge(net: JudgeNet, out_dir, mean, std, info: dict, resolution: int = 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if v.is_floating_point() and "running_" not in k else v).detach().cpu().contiguous()
              for k, v in net.state_dict().items()}
-    widths = [net.body[0][0].out_channels, net.body[1][0].out_channels, net.body[4][0].out_channels,
-              net.body[6][0].out_channels]
-    config = {"arch": ARCH, "widths": widths, "num_classes": net.head.out_features, "logit_scale": net.logit_scale,
+    config = {"arch": ARCH, "widths": list(net.widths), "num_classes": net.head.out_features, "logit_scale": net.logit_scale,
               "resolution": resolution, "mean": list(mean), "std": list(std), "pixel_range": [0, 1], **info}
     with atomic_file(out / WEIGHTS_FILE) as tmp:  # a crash never leaves half a weights file under the real name
         save_file(state, str(tmp))

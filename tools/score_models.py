@@ -13,7 +13,6 @@ keeps what it measured. A per-model, per-set mean over seeds is printed at the e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import shlex
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rcdm from this checkout when run by path
+from rcdm.encoders.frozen import state_dict_sha256  # noqa: E402
 from rcdm.evaluate import evaluate  # noqa: E402
 from rcdm.flags import load_pipeline  # noqa: E402
 from rcdm.judge import load_judge  # noqa: E402
@@ -42,13 +42,8 @@ def parse_pair(text: str, what: str) -> tuple[str, str]:
 
 
 def weights_hash(pipe) -> str:
-    """sha256 of the denoiser's weights as loaded (name, dtype, shape, bytes): which model a line is about."""
-    h = hashlib.sha256()
-    for name, t in pipe.unet.state_dict().items():
-        t = t.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().data)
-    return h.hexdigest()[:16]
+    """The denoiser's weights as loaded, hashed as encoder fingerprints are: which model a line is about."""
+    return state_dict_sha256(pipe.unet.state_dict())[:16]
 
 
 def provenance(device: str) -> dict:

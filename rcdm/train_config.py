@@ -51,6 +51,13 @@ class TrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "also stop (with a checkpoint) after this wall time (0 = off)"})
     ema_decay: float = field(default=0.9999, metadata={"help": "maximum EMA decay (warmup 1-(1+step)^-power)"})
     ema_power: float = field(default=0.75, metadata={"help": "EMA warmup power"})
+    posthoc_ema: tuple[float, ...] = field(default=(), metadata={
+        "help": "also keep power-function EMAs of these relative lengths sigma_rel (at least two, e.g. 0.05 0.10) "
+                "and save them every --posthoc-ema-every steps, so that `rcdm posthoc-ema` can make the EMA of any "
+                "length after training (EDM2, Karras et al. 2024); off by default"})
+    posthoc_ema_every: int = field(default=0, metadata={
+        "help": "steps between post-hoc EMA snapshots (0 = --checkpoint-every); each costs one fp32 copy of the "
+                "denoiser per sigma_rel on disk"})
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (fp16 needs a GPU)",
                                                            "choices": ["no", "bf16", "fp16"]})
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (0.82x on a 2-core "

@@ -11,16 +11,13 @@ run of 0 steps, so the table of runs still sums every optimizer step behind the 
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from rcdm.pipeline import relocate_spec
-from rcdm.training.export import runs_behind
-
-WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+from rcdm.training.export import UNET_WEIGHTS as WEIGHTS
+from rcdm.training.export import derive_pipeline, runs_behind
 
 
 def read(pipe: Path) -> tuple[dict, dict, dict]:
@@ -42,10 +39,11 @@ def check_compatible(a: tuple, b: tuple) -> None:
         sys.exit(f"the two UNets differ in architecture ({', '.join(differ) or 'weight names or shapes'})")
 
 
-def merged_history(meta_a: dict, meta_b: dict, command: str) -> list[dict]:
+def merged_history(meta_a: dict, meta_b: dict) -> list[dict]:
+    """A's runs, then those of B's branch that A lacks."""
     hist_a, hist_b = (runs_behind(m.get("training") or {}) for m in (meta_a, meta_b))
     shared = next((i for i, (x, y) in enumerate(zip(hist_a, hist_b)) if x != y), min(len(hist_a), len(hist_b)))
-    return hist_a + hist_b[shared:] + [{"command": command, "steps": 0}]
+    return hist_a + hist_b[shared:]
 
 
 def main(argv=None):
@@ -58,23 +56,15 @@ def main(argv=None):
     if not 0.0 <= args.weight_a <= 1.0:
         p.error(f"--weight-a must lie in [0, 1], got {args.weight_a}")
     if args.out.exists():
-        p.error(f"{args.out} exists; choose a new directory so nothing is overwritten")
+        p.error(f"{args.out} exists; choose a new directory so nothing is overwritten")  # before reading weights
     a, b = read(args.a), read(args.b)
     check_compatible(a, b)
     w = args.weight_a
     # fp32 arithmetic whatever the stored dtype, so fp16 weights do not lose the small differences being averaged.
     mean = {k: (w * v.float() + (1 - w) * b[2][k].float()).to(v.dtype).contiguous() for k, v in a[2].items()}
-    meta = a[0]
     command = shlex.join(["python", "tools/weight_average.py", *(sys.argv[1:] if argv is None else argv)])
-    # A relative `file:` encoder spec is read from the pipeline's own directory; re-aim it from the new one.
-    meta["encoder"]["spec"] = relocate_spec(meta["encoder"]["spec"], args.out, base=args.a)
-    meta.setdefault("training", {}).update(command=command, steps=0, history=merged_history(a[0], b[0], command))
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(args.a, tmp)
-    save_file(mean, tmp / WEIGHTS, metadata={"format": "pt"})
-    (tmp / "rcdm_pipeline.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(args.out)  # a crash before here leaves no half-written pipeline under the requested name
+    out = derive_pipeline(args.a, args.out, mean, command, history=merged_history(a[0], b[0]))
+    meta = json.loads((out / "rcdm_pipeline.json").read_text())
     total = sum(h["steps"] for h in meta["training"]["history"])
     print(f"wrote {args.out}: {w:g} x {args.a} + {1 - w:g} x {args.b} ({total:,} optimizer steps behind it)")
 

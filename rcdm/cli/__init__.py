@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import analyze, app, convert, embed, evaluate, pretrain, report, sample, train, train_prior
+from . import analyze, app, convert, embed, evaluate, posthoc_ema, pretrain, report, sample, train, train_prior
 
-COMMANDS = (sample, pretrain, embed, train, app, evaluate, analyze, convert, train_prior, report)  # --help order
+COMMANDS = (sample, pretrain, embed, train, posthoc_ema, app, evaluate, analyze, convert, train_prior, report)  # --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

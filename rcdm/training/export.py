@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
+from safetensors.torch import load_file, save_file
 
 from ..cache import VIEWS, EmbeddingCache
 from ..choices import DEFAULT_SAMPLING
-from ..pipeline import RCDMPipeline, read_meta
+from ..encoders.saved import relocate_spec
+from ..fsutil import fresh_tmp_dir
+from ..phema import Snapshot, synthesize
+from ..pipeline import RCDMPipeline, denoiser_class, read_meta
 from ..schedulers import make_scheduler
 from ..train_config import TrainConfig
 from .setup import load_cache_encoder, noise_schedule
@@ -66,6 +72,54 @@ def lineage(prev: dict, command: str, steps: int) -> list[dict]:
 
     `steps` alone counts only the last run; stints would otherwise lose the training they continue."""
     return runs_behind(prev) + [{"command": command, "steps": steps}]
+
+
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def derive_pipeline(template: Path, out: Path, weights: dict[str, torch.Tensor], command: str,
+                    history: list[dict] | None = None, record: dict | None = None) -> Path:
+    """A copy of the exported pipeline `template` with new UNet `weights` (every tensor of its weight file, stored
+    in the template's dtypes): a weight average or a post-hoc EMA. Its training history is `history` (default:
+    the template's) plus this operation as a run of 0 steps, so the table of runs still sums every optimizer step
+    behind the weights; `record` is kept beside it in `training`. Built in `out`.tmp, then renamed."""
+    template, out = Path(template), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new directory so nothing is overwritten")
+    old = load_file(str(template / UNET_WEIGHTS))
+    if weights.keys() != old.keys() or any(weights[k].shape != old[k].shape for k in old):
+        raise ValueError(f"the new weights do not fit {template}'s UNet (other names or shapes)")
+    meta = json.loads((template / "rcdm_pipeline.json").read_text())
+    # A relative `file:` encoder spec is read from the pipeline's own directory; re-aim it from the new one.
+    meta["encoder"]["spec"] = relocate_spec(meta["encoder"]["spec"], out, base=template)
+    training = meta.setdefault("training", {})
+    runs = (runs_behind(training) if history is None else history) + [{"command": command, "steps": 0}]
+    training.update(command=command, steps=0, history=runs, **(record or {}))
+    tmp = fresh_tmp_dir(out)
+    shutil.rmtree(tmp)
+    shutil.copytree(template, tmp)
+    # fp32 arithmetic happened upstream; each tensor goes back to the dtype the template stored it in.
+    save_file({k: weights[k].to(old[k].dtype).contiguous() for k in old}, str(tmp / UNET_WEIGHTS),
+              metadata={"format": "pt"})
+    (tmp / "rcdm_pipeline.json").write_text(json.dumps(meta, indent=2))
+    tmp.rename(out)  # a crash before here leaves no half-written pipeline under the requested name
+    return out
+
+
+def export_posthoc_ema(template: Path, out: Path, snapshots: list[Snapshot], sigma_rel: float, step: int | None,
+                      command: str) -> tuple[Path, dict]:
+    """The pipeline `template` (the run's export) with the post-hoc EMA of `sigma_rel` at `step` as its weights;
+    the UNet's buffers (embedding statistics) are the template's. Returns the directory and how it was made."""
+    weights, record = synthesize(snapshots, sigma_rel, step)
+    unet = denoiser_class(Path(template) / "unet").from_pretrained(Path(template) / "unet")
+    params = [n for n, _ in unet.named_parameters()]
+    missing = [n for n in params if n not in weights]
+    if missing:
+        raise ValueError(f"the snapshots lack {len(missing)} of the UNet parameters of {template} (e.g. "
+                         f"{missing[0]}): they were taken from another model; pass the run's own export with "
+                         "--pipeline")
+    full = {**unet.state_dict(), **{n: weights[n] for n in params}}  # a REPA projector's weights are left out
+    return derive_pipeline(template, out, full, command, record={"posthoc_ema": record}), record
 
 
 CARD = """---

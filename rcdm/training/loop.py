@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..align import SpatialTarget
 from ..cache import EmbeddingCache
 from ..heldout import HeldOut, resolve_spec
+from ..phema import SNAPSHOT_DIR, PowerEMA
 from ..train_config import TrainConfig
 from .data import BatchPlan, apply_global_batch, endless_batches, make_dataloader
 from .export import export
@@ -41,7 +42,7 @@ def train(cfg: TrainConfig, command: str = "") -> Path | None:
     # acted on after the first step, and SIGUSR1 never kills the run (its default action would).
     with StopRequest(preemption_skips_export=True) as request:
         run = prepare(cfg)
-        step = run.ckpt.load(cfg.resume, run.ema) if cfg.resume else 0
+        step = run.ckpt.load(cfg.resume, run.ema, run.phema) if cfg.resume else 0
         run.start(step)
         step, preempted = run_loop(run.acc, Cadence(run.cfg.max_steps, cfg.sync_every, cfg.max_minutes), request,
                                    step, run.step, run.periodic)
@@ -97,6 +98,7 @@ class Run:
     bar: tqdm | None = None            # from `start` on
     window: LossWindow | None = None   # the losses since the last log line
     batches: object = None             # the endless, resumable batch stream
+    phema: PowerEMA | None = None      # --posthoc-ema, on the main process
 
     def start(self, step: int) -> None:
         """Trackers, progress bar, loss window and the batch stream, from `step` on (0, or a resumed step)."""
@@ -114,6 +116,8 @@ class Run:
                                        self.acc, step))
         if self.ema is not None:
             self.ema.step(self.acc.unwrap_model(self.unet).parameters())
+        if self.phema is not None:
+            self.phema.update(self.acc.unwrap_model(self.unet).named_parameters(), step + 1)
         self.bar.update(1)
 
     def periodic(self, step: int, force: bool) -> None:
@@ -133,8 +137,10 @@ class Run:
             log_samples(*args)
         if eval_now:
             log_heldout_score(*args, self.bar)
+        if self.phema is not None and (step % (cfg.posthoc_ema_every or cfg.checkpoint_every) == 0 or force):
+            self.phema.save_snapshots(Path(cfg.output_dir) / SNAPSHOT_DIR, step)
         if ckpt_now:
-            self.ckpt.save(step, self.ema)
+            self.ckpt.save(step, self.ema, self.phema)
         self.window.pause(time.perf_counter() - t)
 
     def log(self, step: int, values: list[float]) -> None:
@@ -170,8 +176,10 @@ def prepare(cfg: TrainConfig) -> Run:
     watch = watched_images(cfg, dl.dataset, encoder) if acc.is_main_process else None  # read once per run
     unet, opt, dl, lr_sched = acc.prepare(unet, opt, dl, lr_sched)
     ckpt = Checkpointer(acc, cfg, {"batch": dataclasses.asdict(plan)})
+    phema = PowerEMA(acc.unwrap_model(unet).named_parameters(), cfg.posthoc_ema) \
+        if cfg.posthoc_ema and acc.is_main_process else None
     return Run(acc, cfg, plan, unet, opt, lr_sched, loss_fn, dl, make_ema(cfg, acc, unet), ckpt, cache, encoder,
-               watch)
+               watch, phema=phema)
 
 
 # -------------------------------------------------------------------------------------------------- config
@@ -197,6 +205,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.eval_every and not resolve_spec(cfg.eval_data, cfg.data):
         raise ValueError(f"--eval-every needs held-out images, and --eval-data {cfg.eval_data!r} gives none for "
                          f"--data {cfg.data!r}: pass --eval-data SPEC (e.g. file.npz:test or a validation folder)")
+    if cfg.posthoc_ema:
+        PowerEMA.check(cfg.posthoc_ema)
+    if cfg.posthoc_ema_every < 0:
+        raise ValueError(f"--posthoc-ema-every {cfg.posthoc_ema_every}: must be positive, or 0 for --checkpoint-every")
     if cfg.eval_every and cfg.eval_images < 2:
         raise ValueError(f"--eval-images {cfg.eval_images}: the rank needs at least 2 held-out images")
 

@@ -230,7 +230,7 @@ class Checkpointer:
         self.acc, self.cfg, self.extra = accelerator, cfg, extra or {}
         self.root = Path(cfg.output_dir) / "checkpoints"
 
-    def save(self, step: int, ema) -> Path:
+    def save(self, step: int, ema, phema=None) -> Path:
         final = self.root / f"checkpoint-{step}"
         tmp = final.with_name(final.name + ".tmp")
         self.acc.save_state(str(tmp))  # every rank writes its own RNG file; the main process writes the rest
@@ -239,6 +239,8 @@ class Checkpointer:
                       str(tmp / "ema.safetensors"))
             state = {"step": step, "ema_optimization_step": ema.optimization_step,
                      "config": dataclasses.asdict(self.cfg), "num_processes": self.acc.num_processes, **self.extra}
+            if phema is not None:
+                save_file(phema.state_dict(), str(tmp / "posthoc_ema.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -254,7 +256,7 @@ class Checkpointer:
                 if p.suffix != ".tmp" and (p / "trainer_state.json").is_file()]
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
-    def load(self, which: str, ema) -> int:
+    def load(self, which: str, ema, phema=None) -> int:
         """Restore a checkpoint and return its step; 0 (nothing restored) for 'auto' without a checkpoint. `ema` is
         None on processes that keep no EMA."""
         path = self.resolve(which)
@@ -270,6 +272,11 @@ class Checkpointer:
             for i, p in enumerate(ema.shadow_params):
                 p.data.copy_(shadow[str(i)])
             ema.optimization_step = state["ema_optimization_step"]
+        if phema is not None:
+            if not (path / "posthoc_ema.safetensors").is_file():
+                raise ValueError(f"--resume {path}: the checkpoint holds no post-hoc EMA (its run had no "
+                                 "--posthoc-ema); resume without it, or start a new stint with --init-from")
+            phema.load_state_dict(load_file(str(path / "posthoc_ema.safetensors")))
         self.acc.print(f"resumed from {path} at step {state['step']}")
         return state["step"]
 

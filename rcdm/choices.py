@@ -7,7 +7,7 @@ stays instant). The modules that implement each name import its list from here. 
 """
 import warnings
 
-SCHEDULER_NAMES = ("ddpm", "ddpm-linspace", "ddim", "dpm++", "unipc", "ddim-logsnr", "sde-dpm++")
+SCHEDULER_NAMES = ("ddpm", "ddpm-linspace", "ddim", "dpm++", "unipc", "ddim-logsnr", "sde-dpm++", "sde-dpm++-logsnr")
 
 # What a call that names nothing uses, and what `rcdm train` records in a new model: DDIM, 20 steps, unguided.
 # On 400 held-out choosing images and three noise seeds it beat DDPM-20 on every model measured (top-1 +1.8 to +2.4

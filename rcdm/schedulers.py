@@ -28,7 +28,13 @@ SCHEDULERS = {
     # the second-order SDE solver (Lu et al. 2022b, DPM-Solver++(2M) SDE): fresh noise each step, like DDPM
     "sde-dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
                                                 **_THRESHOLD}),
+    # the same on steps uniform in log-SNR, as ddim-logsnr
+    "sde-dpm++-logsnr": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                       "use_lu_lambdas": True, **_THRESHOLD}),
 }
+
+
+_SAMPLER_KEYS = {"timestep_spacing"} | {k for _, extra in SCHEDULERS.values() for k in extra}
 
 
 def training_scheduler(prediction_type: str = "v_prediction", beta_schedule: str = "linear",
@@ -52,7 +58,10 @@ def make_scheduler(name: str, config):
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls, extra = SCHEDULERS[name]
-    return cls.from_config(config, **_settings(extra))
+    # Only the noise schedule is shared: another sampler's settings (e.g. ddim-logsnr's use_lu_lambdas, which
+    # DPM-Solver++ and its SDE variant also read) would otherwise carry over and silently change this one's grid.
+    schedule = {k: v for k, v in dict(config).items() if k not in _SAMPLER_KEYS}
+    return cls.from_config(schedule, **_settings(extra))
 
 
 def _settings(extra: dict) -> dict:
@@ -62,7 +71,7 @@ def _settings(extra: dict) -> dict:
 
 def scheduler_name(scheduler) -> str:
     """Inverse of `make_scheduler`: the name whose class and settings the scheduler has (several share a class)."""
-    for name, (cls, extra) in SCHEDULERS.items():
-        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in _settings(extra).items()):
+    for name, (cls, _) in SCHEDULERS.items():  # exact: a sampler's settings may be a subset of another's
+        if type(scheduler) is cls and dict(make_scheduler(name, scheduler.config).config) == dict(scheduler.config):
             return name
     return type(scheduler).__name__

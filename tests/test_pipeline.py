@@ -160,6 +160,20 @@ def test_every_sampler_is_recorded_and_reloaded_under_its_own_name(tiny_pipeline
     assert scheduler_name(RCDMPipeline.from_pretrained(tmp_path / "m").scheduler) == name
 
 
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_a_sampler_made_from_another_samplers_config_is_the_same_sampler(name):
+    """A model records one sampler; `scheduler=` builds another from its config. Settings of the recorded one (e.g.
+    ddim-logsnr's use_lu_lambdas) must not carry over: dpm++ once silently ran on ddim-logsnr's grid."""
+    train = training_scheduler()
+    want = make_scheduler(name, train.config)
+    want.set_timesteps(20)
+    for other in SCHEDULERS:
+        got = make_scheduler(name, make_scheduler(other, train.config).config)
+        got.set_timesteps(20)
+        assert scheduler_name(got) == name and torch.equal(got.timesteps, want.timesteps), (name, other)
+        assert dict(got.config) == dict(want.config), (name, other)
+
+
 def test_ddim_logsnr_steps_are_uniform_in_log_snr_and_ddim_steps_in_t():
     """Lu et al. 2022, Sec. 3.3: the grid is uniform in lambda = log(alpha / sigma), not in t."""
     train = training_scheduler()

@@ -71,6 +71,7 @@ def test_bad_lengths_are_refused():
         PowerEMA.check([0.05, 0.3])
 
 
+@pytest.mark.slow  # two short trainings and a resume: the full suite
 def test_training_records_snapshots_that_resume_exactly(tmp_path, tiny_npz, cache_path):
     """6 steps in one run == 3, resume, 3 more: the same post-hoc EMA snapshots at step 6 (their state is in the
     checkpoint), one file per sigma_rel every --posthoc-ema-every steps."""

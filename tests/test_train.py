@@ -19,6 +19,7 @@ from rcdm import RCDMPipeline
 from rcdm.cache import EmbeddingCache, build_cache
 from rcdm.cli import main as cli_main
 from rcdm.encoders import load_encoder
+from rcdm.phema import list_snapshots
 from rcdm.sampling import DEFAULT_SAMPLING
 from rcdm.schedulers import scheduler_name
 from rcdm.train_config import PRESETS, TrainConfig
@@ -305,12 +306,15 @@ def test_two_process_training_run(tmp_path, tiny_npz, cache_path):
     out = tmp_path / "ddp"
     res = _launch(["-m", "rcdm.train", "--data", str(tiny_npz), "--cache", str(cache_path), "--output-dir", str(out),
                    "--max-steps", "3", "--checkpoint-every", "2", "--mixed-precision", "no", *TINY,
-                   "--global-batch-size", "16", "--batch-size", "4", "--sync-every", "2"], tmp_path)
+                   "--global-batch-size", "16", "--batch-size", "4", "--sync-every", "2",
+                   "--posthoc-ema", "0.05", "0.1", "--posthoc-ema-every", "1"], tmp_path)
     assert "global batch 16 = 2 process(es) x 4 per device x 2 accumulation step(s)" in res.stdout + res.stderr
     ck = out / "checkpoints" / "checkpoint-3"
     assert sorted(p.name for p in ck.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
     state = json.loads((ck / "trainer_state.json").read_text())
     assert state["num_processes"] == 2 and state["batch"] == {"num_processes": 2, "per_device": 4, "grad_accum": 2}
+    assert (ck / "posthoc_ema.safetensors").is_file()  # post-hoc EMA: the main process keeps and saves it
+    assert [(s.step, s.sigma_rel) for s in list_snapshots(out)] == [(t, r) for t in (1, 2, 3) for r in (0.05, 0.1)]
     assert len(_losses(out)) == 3  # one line per step: only the main process logs
     lrs = [json.loads(line)["lr"] for line in (out / "losses.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3])  # --warmup-steps 2, in optimizer steps

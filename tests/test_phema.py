@@ -59,7 +59,9 @@ def test_synthesized_ema_matches_one_tracked_directly(tmp_path):
         scale = (want - walk[(step or len(walk)) - 1]).norm()
         assert (got["w"] - want).norm() < 0.01 * scale, record["fit_error"]
         assert record["fit_error"] < 0.01
-    assert sum(s["weight"] for s in posthoc_plan(snaps, 0.07, 1500)[2]["snapshots"]) == pytest.approx(1.0, abs=1e-4)
+    _, weights, record = posthoc_plan(snaps, 0.07, 1500)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)  # normalised: no overall rescaling of the weights
+    assert [s["weight"] for s in record["snapshots"]] == pytest.approx(weights.tolist(), abs=1e-6)  # as recorded
     with pytest.raises(ValueError, match="past the last snapshot"):
         posthoc_plan(snaps, 0.07, 3100)
 
